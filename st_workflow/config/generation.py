@@ -1,0 +1,151 @@
+"""Configuration of the LLM stages: relevancy filtering (Pydantic AI) and pair generation (Instructor)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from st_workflow.config.base import Fraction, PositiveInt, SecretRef, StrictModel
+
+
+class Price(StrictModel):
+    """Price of one model, in USD per million tokens."""
+
+    input_per_mtok: float = 0.0
+    """USD per 1M prompt tokens."""
+    output_per_mtok: float = 0.0
+    """USD per 1M completion tokens."""
+
+
+def _default_prices() -> dict[str, Price]:
+    return {
+        "gpt-4o-mini": Price(input_per_mtok=0.15, output_per_mtok=0.60),
+        "gpt-4.1-mini": Price(input_per_mtok=0.40, output_per_mtok=1.60),
+        "gpt-4o": Price(input_per_mtok=2.50, output_per_mtok=10.0),
+    }
+
+
+class LLMEndpointConfig(StrictModel):
+    """An OpenAI-compatible endpoint (OpenAI, vLLM, Ollama...)."""
+
+    base_url: str | None = None
+    """Endpoint base URL (e.g. ``https://api.openai.com/v1``); unset means the LLM stages are skipped."""
+    model: str = "gpt-4o-mini"
+    """Model name sent to the endpoint."""
+    api_key: SecretRef = Field(default_factory=lambda: SecretRef(env="OPENAI_API_KEY"))
+    """Where the API key comes from (never from the config file)."""
+    timeout_s: float = 120.0
+    """Per-request timeout."""
+    temperature: float = 0.2
+    """Sampling temperature (part of the cache key)."""
+    max_tokens: PositiveInt | None = 4096
+    """Completion token cap (part of the cache key)."""
+    seed: int | None = None
+    """Sampling seed passed to endpoints that support it (part of the cache key)."""
+
+    @property
+    def configured(self) -> bool:
+        """True when an endpoint is set."""
+        return bool(self.base_url)
+
+
+class ExecutionConfig(StrictModel):
+    """How calls are scheduled, retried, cached and paid for."""
+
+    concurrency: PositiveInt = 16
+    """Calls in flight at once (a sliding window, no batch barriers)."""
+    max_attempts: PositiveInt = 6
+    """Attempts per call on 429, 5xx, timeouts and connection errors."""
+    backoff_base_s: float = 1.0
+    """First backoff delay; doubles per attempt, with full jitter."""
+    backoff_max_s: float = 60.0
+    """Upper bound of one delay (also caps an honoured ``Retry-After``)."""
+    max_reasks: int = Field(default=2, ge=0)
+    """Re-asks when the answer fails validation."""
+    budget_usd: float | None = None
+    """Stop cleanly (keeping everything so far) once this many USD are spent."""
+    budget_tokens: PositiveInt | None = None
+    """Stop cleanly once this many tokens are used."""
+    prices: dict[str, Price] = Field(default_factory=_default_prices)
+    """Price table by model name."""
+    shard_size: PositiveInt = 200
+    """Results per Parquet shard (each written atomically)."""
+    prefect_concurrency_limit: str | None = "llm-calls"
+    """Name of a Prefect global concurrency limit that bounds LLM calls across runs (unset: no limit)."""
+
+
+class RelevancyFilterConfig(StrictModel):
+    """Pydantic-AI judge of each document's fitness for grounded QA."""
+
+    enabled: bool = True
+    """Run the filter when an endpoint is configured."""
+    keep: list[Literal["VERY_GOOD", "GOOD", "POOR"]] = Field(default_factory=lambda: ["VERY_GOOD", "GOOD"])
+    """Labels that pass."""
+    sources: list[str] = Field(default_factory=list)
+    """Sources to judge; empty means all."""
+    max_doc_chars: PositiveInt = 12_000
+    """Documents are cut to this many characters before judging."""
+
+
+class PairGenerationConfig(StrictModel):
+    """Instructor generation of question/context pairs and search terms."""
+
+    enabled: bool = True
+    """Generate when an endpoint is configured."""
+    mode: Literal["tools", "json"] = "tools"
+    """Instructor mode: tool calling or JSON output."""
+    min_items: PositiveInt = 5
+    """Fewest question/context pairs and search terms per document."""
+    max_items: PositiveInt = 15
+    """Most question/context pairs and search terms per document."""
+    chars_per_item: PositiveInt = 600
+    """Document characters per requested item when scaling between min and max."""
+    search_terms_only_sources: list[str] = Field(default_factory=lambda: ["cmr", "pds"])
+    """Sources whose records get the search-terms-only prompt."""
+    search_terms_min: PositiveInt = 3
+    """Fewest search terms for the search-terms-only variant."""
+    search_terms_max: PositiveInt = 6
+    """Most search terms for the search-terms-only variant."""
+    sources: list[str] = Field(default_factory=list)
+    """Sources to generate for; empty means all."""
+    max_doc_chars: PositiveInt = 12_000
+    """Documents are cut to this many characters before prompting."""
+    max_documents: PositiveInt | None = None
+    """Cap on documents sent to the LLM per run."""
+
+
+class GatesConfig(StrictModel):
+    """Pair-level quality gates, each reporting its yield."""
+
+    require_verbatim_context: bool = True
+    """The context must occur in the document (whitespace-normalised)."""
+    near_duplicate_threshold: Fraction = 0.9
+    """Jaccard similarity of word 5-shingles above which a pair is a near-duplicate."""
+    leakage_check: bool = True
+    """Drop pairs whose anchor or positive appears in any configured benchmark's queries or corpus."""
+    min_query_chars: PositiveInt = 8
+    """Shorter queries are dropped."""
+    max_query_chars: PositiveInt = 500
+    """Longer queries are dropped."""
+    min_context_chars: PositiveInt = 40
+    """Shorter contexts are dropped."""
+    max_context_chars: PositiveInt = 6000
+    """Longer contexts are dropped."""
+
+
+class GenerationConfig(StrictModel):
+    """LLM stages. With no endpoint they are skipped with one log line."""
+
+    endpoint: LLMEndpointConfig = Field(default_factory=LLMEndpointConfig)
+    """The OpenAI-compatible endpoint shared by the filter and the generator."""
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    """Concurrency, retries, cache, budget."""
+    filter: RelevancyFilterConfig = Field(default_factory=RelevancyFilterConfig)
+    """Relevancy filter."""
+    pairs: PairGenerationConfig = Field(default_factory=PairGenerationConfig)
+    """Pair generation."""
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    """Pair gates."""
+    filter_before_generation: bool = True
+    """Judge documents before generating (cheaper); when false, generate for all and filter after."""

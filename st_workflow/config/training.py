@@ -1,0 +1,270 @@
+"""Configuration of training: data sources with weights and losses, schedule, launch, checkpoints, BAT."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from st_workflow.config.base import Fraction, NonNegInt, PositiveInt, SecretRef, StrictModel
+
+
+class PairColumns(StrictModel):
+    """Which input columns become anchor / positive / negative."""
+
+    anchor: str = "anchor"
+    """Anchor (query) column."""
+    positive: str = "positive"
+    """Positive (document) column."""
+    negative: str | None = None
+    """Optional hard-negative column."""
+
+
+class PipelinePairs(StrictModel):
+    """Pairs this pipeline built (natural and/or synthetic), selected by type and source."""
+
+    kind: Literal["pipeline"] = "pipeline"
+    """Discriminator: ``pipeline``."""
+    types: list[str] = Field(default_factory=list)
+    """Pair types to use (``title-description``, ``title-abstract``, ``question-answer``, ``search_term-document``); empty: all."""
+    sources: list[str] = Field(default_factory=list)
+    """Ingest sources to use; empty: all."""
+    synthesized: bool | None = None
+    """Only synthetic (true), only natural (false) or both (unset)."""
+
+
+class HfPairs(StrictModel):
+    """A Hugging Face pair dataset, e.g. ``sentence-transformers/s2orc`` ``title-abstract-pair``."""
+
+    kind: Literal["hf"] = "hf"
+    """Discriminator: ``hf``."""
+    dataset: str
+    """Dataset id (or local directory)."""
+    config: str | None = None
+    """Configuration name."""
+    split: str = "train"
+    """Split (slicing such as ``train[:1000]`` allowed)."""
+    revision: str | None = None
+    """Git revision to pin."""
+    columns: PairColumns = Field(default_factory=PairColumns)
+    """Column mapping."""
+
+
+class LocalPairs(StrictModel):
+    """A local JSONL / Parquet / CSV file of pairs."""
+
+    kind: Literal["local"] = "local"
+    """Discriminator: ``local``."""
+    path: str
+    """File path (``pkg://`` for bundled data)."""
+    columns: PairColumns = Field(default_factory=PairColumns)
+    """Column mapping."""
+
+
+class BeirPairs(StrictModel):
+    """A BEIR-layout dataset's qrels as pairs (query text -> relevant document text)."""
+
+    kind: Literal["beir"] = "beir"
+    """Discriminator: ``beir``."""
+    path: str
+    """BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``)."""
+    split: str = "train"
+    """Qrels split to turn into pairs."""
+
+
+PairData = Annotated[PipelinePairs | HfPairs | LocalPairs | BeirPairs, Field(discriminator="kind")]
+
+
+class LossConfig(StrictModel):
+    """The contrastive loss of a source."""
+
+    type: Literal["mnrl", "cached_mnrl", "gist"] = "mnrl"
+    """MultipleNegativesRankingLoss, its cached (GradCache) variant, or GISTEmbed (needs ``guide_model``)."""
+    scale: float = 20.0
+    """Logit scale (inverse temperature)."""
+    mini_batch_size: PositiveInt = 32
+    """Mini-batch of the cached loss."""
+    gather_across_devices: bool = False
+    """Use every rank's embeddings as negatives under DDP."""
+    guide_model: str | None = None
+    """Guide model for GISTEmbed."""
+
+
+class TrainSource(StrictModel):
+    """One training data source: its data, weight and loss."""
+
+    name: str
+    """Source name (loss key, batch-sampler key, W&B label)."""
+    data: PairData = Field(default_factory=PipelinePairs)
+    """Where the pairs come from."""
+    weight: float = Field(default=1.0, gt=0)
+    """Multiplier on the source's batches per epoch (the original's semantics); >1 repeats data."""
+    loss: LossConfig | None = None
+    """Loss for this source; unset uses ``training.loss``."""
+    replay: bool = False
+    """Mark as anti-forgetting replay of an earlier stage (reported separately)."""
+    max_rows: PositiveInt | None = None
+    """Cap on rows read from the source."""
+    enabled: bool = True
+    """Skip the source when false."""
+
+
+class SchedulerConfig(StrictModel):
+    """Learning-rate schedule."""
+
+    type: Literal[
+        "warmup_linear_cosine_ripple",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+    ] = "linear"
+    """``warmup_linear_cosine_ripple`` is the original's custom schedule; the rest are Hugging Face schedulers."""
+    warmup_ratio: Fraction = 0.1
+    """Share of optimizer steps spent warming up."""
+    warmup_steps: NonNegInt | None = None
+    """Warm-up steps; overrides ``warmup_ratio``."""
+    lr_min: float = 5e-6
+    """Floor of the linear decay (custom schedule)."""
+    cycle_steps: PositiveInt = 8000
+    """Ripple period in optimizer steps (custom schedule)."""
+    magnitude_fraction: Fraction = 0.1
+    """Ripple amplitude as a fraction of the current base LR (custom schedule)."""
+
+
+class SamplerConfig(StrictModel):
+    """How batches are drawn across sources (every batch comes from one source)."""
+
+    strategy: Literal["weighted", "proportional", "round_robin", "temperature"] = "weighted"
+    """``weighted``: weights multiply each source's batches per epoch; ``temperature``: p ~ size^(1/T)."""
+    temperature: float = Field(default=2.0, gt=0)
+    """Temperature of the ``temperature`` strategy."""
+    no_duplicates: bool = True
+    """No repeated text inside a batch (false negatives otherwise)."""
+    group_by_length: bool = True
+    """Group similar lengths into batches (less padding) while keeping the order seeded."""
+
+
+class LaunchConfig(StrictModel):
+    """How the training process is started (torchrun)."""
+
+    nproc_per_node: PositiveInt = 1
+    """Processes per node; 1 runs a single plain process."""
+    nnodes: str = "1"
+    """Number of nodes, or a range ``min:max`` for elastic launches."""
+    node_rank: NonNegInt | None = None
+    """This node's rank (static rendezvous)."""
+    rdzv_backend: str = "c10d"
+    """Rendezvous backend for multi-node runs."""
+    rdzv_endpoint: str | None = None
+    """``host:port`` of the rendezvous for multi-node runs."""
+    rdzv_id: str | None = None
+    """Rendezvous job id (defaults to the run name)."""
+    master_port: PositiveInt | None = None
+    """Port for single-node runs (a free one is chosen when unset)."""
+    omp_num_threads: PositiveInt | None = None
+    """Threads per process; unset: cores / processes."""
+    timeout_s: PositiveInt | None = None
+    """Kill the whole process group after this many seconds."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """Process-group backend; auto is nccl on GPU, gloo on CPU."""
+
+
+class BinarizationConfig(StrictModel):
+    """Binarization-aware training (the paper's EQAT, the original's BAT)."""
+
+    enabled: bool = False
+    """Append a sign() module with a straight-through gradient after pooling."""
+    estimator: Literal["identity", "clipped", "tanh"] = "clipped"
+    """Straight-through variant; ``tanh`` anneals tanh(beta x) towards sign."""
+    beta_start: float = 1.0
+    """Initial beta of the tanh estimator."""
+    beta_end: float = 10.0
+    """Final beta of the tanh estimator (annealed linearly over training)."""
+
+
+class CheckpointConfig(StrictModel):
+    """Checkpointing and resume."""
+
+    save_steps: PositiveInt | None = None
+    """Save every N optimizer steps; unset: only the final model."""
+    save_total_limit: PositiveInt | None = 3
+    """Keep at most this many checkpoints."""
+    resume_from: str | None = None
+    """``latest`` or a checkpoint directory to resume from."""
+
+
+class HubConfig(StrictModel):
+    """Optional push of the final model to the Hugging Face Hub."""
+
+    push: bool = False
+    """Push after training."""
+    repo_id: str | None = None
+    """Target repository."""
+    private: bool = True
+    """Create the repository as private."""
+    token: SecretRef = Field(default_factory=lambda: SecretRef(env="HF_TOKEN"))
+    """Hub token."""
+
+
+class TrainingConfig(StrictModel):
+    """Fine-tuning of the sentence-embedding model."""
+
+    enabled: bool = True
+    """Train (false: evaluate the base model only)."""
+    base_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """Model id or path to start from (``tiny-bert`` builds a tiny random BERT)."""
+    max_seq_length: PositiveInt = 128
+    """Tokens per text (the original padded everything to 1024)."""
+    epochs: float = Field(default=1.0, gt=0)
+    """Training epochs."""
+    max_steps: PositiveInt | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    max_pairs: PositiveInt | None = None
+    """Cap on training pairs per epoch over all sources (seeded subsample); for time-boxed runs."""
+    batch_size: PositiveInt = 32
+    """Per-device batch size."""
+    gradient_accumulation_steps: PositiveInt = 1
+    """Micro-batches per optimizer step."""
+    learning_rate: float = Field(default=2e-5, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast precision on GPU (master weights stay fp32); CPU always runs fp32."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device; auto picks CUDA when available."""
+    pretokenize: bool = True
+    """Train from the pre-tokenized Arrow cache."""
+    dataloader_num_workers: NonNegInt = 0
+    """DataLoader workers per process."""
+    logging_steps: PositiveInt = 10
+    """Log the loss every N steps."""
+    loss: LossConfig = Field(default_factory=LossConfig)
+    """Default loss for sources that set none."""
+    sources: list[TrainSource] = Field(default_factory=lambda: [TrainSource(name="pipeline")])
+    """Training data registry."""
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """Multi-source sampling."""
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    """Learning-rate schedule."""
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    """torchrun launch."""
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpoints and resume."""
+    binarization: BinarizationConfig = Field(default_factory=BinarizationConfig)
+    """Binarization-aware training."""
+    hub: HubConfig = Field(default_factory=HubConfig)
+    """Hub push."""
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> TrainingConfig:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"training.sources: duplicate names {dupes}")
+        return self
