@@ -15,6 +15,8 @@ BASE_DEFAULTS = {
     # A loaded 2-core CI machine can take longer than Prefect's 20 s default to start the ephemeral server.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    # Route our own loggers (st_workflow.*) into the Prefect run log shown in the UI.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "st_workflow",
     "DISABLE_MLFLOW_INTEGRATION": "TRUE",
 }
 

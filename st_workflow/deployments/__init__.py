@@ -1,0 +1,161 @@
+"""The deployments, defined once in Python (``prefect.yaml`` mirrors them for ``prefect deploy --all``).
+
+* ``stage2-data/regenerate`` — weekly cron (UTC), incremental: documents that did not change cost no LLM calls.
+* ``train/default``, ``evaluate/default``, ``pipeline/default`` — run on demand.
+
+Every deployment has a concurrency limit of 1 with ``CANCEL_NEW``: a schedule that fires twice (Prefect #17153,
+#18894) or a second manual trigger while one run is active is cancelled instead of racing the first run — and if it
+does run later, every finished stage is a cache hit, so a duplicate costs seconds, not LLM money.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment: flow, name, entrypoint, and whether it carries the regeneration schedule."""
+
+    flow: str
+    name: str
+    entrypoint: str
+    description: str
+    scheduled: bool = False
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
+    DeploymentSpec(
+        "stage2-data",
+        "regenerate",
+        "st_workflow/flows/stage2_data.py:stage2_data_flow",
+        "Re-ingest the sources and regenerate stage-2 pairs (incremental).",
+        scheduled=True,
+    ),
+    DeploymentSpec(
+        "train",
+        "default",
+        "st_workflow/flows/train.py:train_flow",
+        "Pre-tokenize, train under torchrun, evaluate checkpoints, report and promote.",
+    ),
+    DeploymentSpec(
+        "evaluate",
+        "default",
+        "st_workflow/flows/evaluate.py:evaluate_flow",
+        "Evaluate models on the configured benchmarks.",
+    ),
+    DeploymentSpec(
+        "pipeline",
+        "default",
+        "st_workflow/flows/pipeline.py:pipeline_flow",
+        "The whole pipeline: stage-2 data, training, evaluation, report.",
+    ),
+)
+
+
+def _flow(spec: DeploymentSpec) -> Any:
+    from st_workflow.flows import FLOWS
+
+    return FLOWS[spec.flow]
+
+
+def _schedule_kwargs(spec: DeploymentSpec, cron: str | None, timezone: str) -> dict[str, Any]:
+    if not spec.scheduled or not cron:
+        return {}
+    from prefect.schedules import Cron
+
+    return {"schedules": [Cron(cron, timezone=timezone)]}
+
+
+def _concurrency() -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def build_runner_deployments(
+    config_path: str = "configs/demo.yaml",
+    overrides: list[str] | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+) -> list[Any]:
+    """Deployments for ``prefect.serve`` (one process serves them all)."""
+    out = []
+    for spec in DEPLOYMENTS:
+        out.append(
+            _flow(spec).to_deployment(
+                name=spec.name,
+                parameters={"config_path": config_path, "overrides": list(overrides or [])},
+                description=spec.description,
+                tags=["st-workflow"],
+                concurrency_limit=_concurrency(),
+                **_schedule_kwargs(spec, cron, timezone),
+            )
+        )
+    return out
+
+
+def deploy_to_pool(
+    work_pool: str,
+    config_path: str = "configs/demo.yaml",
+    overrides: list[str] | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    source: Path = REPO_ROOT,
+) -> list[str]:
+    """Register every deployment on a process work pool (creating the pool if needed); returns their ids.
+
+    The code is pulled from ``source`` (a local checkout): Prefect records a ``set_working_directory`` pull step, so
+    a worker runs the flows from that directory with its relative config paths.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.flows import Flow
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def _ensure_pool() -> None:
+        async with get_client() as client:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
+
+    run_coro_as_sync(_ensure_pool())
+    ids = []
+    for spec in DEPLOYMENTS:
+        flow = Flow.from_source(source=str(source), entrypoint=spec.entrypoint)
+        dep_id = flow.deploy(
+            name=spec.name,
+            work_pool_name=work_pool,
+            build=False,
+            push=False,
+            parameters={"config_path": config_path, "overrides": list(overrides or [])},
+            description=spec.description,
+            tags=["st-workflow"],
+            concurrency_limit=_concurrency(),
+            print_next_steps=False,
+            **_schedule_kwargs(spec, cron, timezone),
+        )
+        ids.append(str(dep_id))
+    return ids
+
+
+def serve_all(
+    config_path: str = "configs/demo.yaml",
+    overrides: list[str] | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    limit: int | None = None,
+) -> None:
+    """Serve every deployment from this process until interrupted."""
+    from prefect import serve
+
+    serve(*build_runner_deployments(config_path, overrides, cron, timezone), limit=limit)

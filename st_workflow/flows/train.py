@@ -1,0 +1,74 @@
+"""``train``: pre-tokenize -> train -> evaluate checkpoints -> report -> promote (+ the run report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from st_workflow.flows.common import (
+    StageClock,
+    candidate_models,
+    existing_manifest,
+    flat_metrics,
+    load_flow_config,
+    require_manifest,
+)
+from st_workflow.manifest import Manifest
+from st_workflow.tasks.model import (
+    comparison_report_task,
+    evaluate_task,
+    pretokenize_task,
+    promote_task,
+    run_report_task,
+    train_task,
+)
+
+
+@flow(name="train")
+def train_flow(
+    config_path: str = "configs/demo.yaml",
+    overrides: list[str] | None = None,
+    pairs: Manifest | None = None,
+    benchmark: Manifest | None = None,
+    prior_stages: list[dict[str, Any]] | None = None,
+    started_at: float | None = None,
+) -> dict[str, Any]:
+    """Fine-tune on the run's pairs dataset, evaluate base / checkpoints / fine-tuned, report and promote.
+
+    ``pairs`` and ``benchmark`` come from the ``stage2-data`` flow when the ``pipeline`` flow calls this one; a
+    deployment run reads them from the run directory instead.
+    """
+    cfg = load_flow_config(config_path, overrides)
+    clock = StageClock(started_at)
+    pairs = pairs or require_manifest(
+        cfg.stage_dir("pairs"),
+        "pairs dataset",
+        "run the stage2-data flow (or `st-workflow run CONFIG`) first",
+    )
+    if benchmark is None and cfg.pairs.holdout.enabled:
+        benchmark = existing_manifest(cfg.stage_dir("benchmark") / cfg.pairs.holdout.name)
+
+    trained = None
+    if cfg.training.enabled:
+        pretok = clock.run("pretokenize", pretokenize_task, cfg, pairs) if cfg.training.pretokenize else None
+        trained = clock.run("train", train_task, cfg, pairs, pretok)
+    else:
+        clock.skipped("train", "training.enabled is false")
+
+    models = candidate_models(cfg, trained)
+    benchmarks = {benchmark.name: benchmark} if benchmark is not None else {}
+    evaluation = decision = None
+    links: dict[str, str] = {}
+    if cfg.evaluation.enabled:
+        evaluation = clock.run("eval", evaluate_task, cfg, models, benchmarks, trained)
+        links.update(comparison_report_task(cfg, evaluation, list(models)))
+        baselines = {b.name for b in cfg.evaluation.baselines}
+        decision = promote_task(cfg, evaluation, {k: v for k, v in models.items() if k not in baselines})
+    else:
+        clock.skipped("eval", "evaluation.enabled is false")
+    if trained is not None:
+        links["model"] = str(trained.path("model"))
+    stages = (prior_stages or []) + clock.as_dicts()
+    report = run_report_task(cfg, flat_metrics(evaluation), stages, clock.started_at, decision, links)
+    return {"trained": trained, "evaluation": evaluation, "promotion": decision, "report": report}

@@ -1,0 +1,169 @@
+"""Tasks of the stage-2 data flow: ingest, hold-out benchmark, natural pairs, LLM stages, pairs dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from st_workflow.config import PipelineConfig
+from st_workflow.log import banner, get_logger
+from st_workflow.manifest import Manifest
+from st_workflow.tasks.artifacts import publish_table
+from st_workflow.tasks.caching import ManifestCachePolicy, transient_error
+
+# Ingest always runs: file sources re-use their output inside the stage function (cheap hash check) and live API
+# sources ask only for what changed since the last successful ingest. Downstream tasks are then cached on content.
+
+
+@task(
+    name="ingest",
+    task_run_name="ingest-{source_name}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=transient_error,
+)
+def ingest_task(cfg: PipelineConfig, source_name: str) -> Manifest:
+    """Ingest one document source into ``<run>/ingest/<source>/``."""
+    from st_workflow.ingest import ingest_source
+
+    get_logger().info(banner(f"ingest {source_name}"))
+    m = ingest_source(cfg, source_name)
+    publish_table(
+        f"ingest-{source_name}",
+        [{"source": source_name, **m.counts}],
+        f"Records of source {source_name}: kept, quarantined, duplicates",
+    )
+    return m
+
+
+@task(
+    name="holdout-benchmark",
+    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("ingest", "beir")),
+    persist_result=True,
+)
+def holdout_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest | None:
+    """Hold out a seeded share of documents as the in-domain BEIR benchmark."""
+    from st_workflow.ingest import build_holdout
+
+    get_logger().info(banner("hold-out benchmark"))
+    m = build_holdout(cfg, doc_manifests)
+    if m is not None:
+        publish_table(
+            "holdout-benchmark", [{"benchmark": m.name, **m.counts}], "In-domain benchmark held out"
+        )
+    return m
+
+
+@task(
+    name="natural-pairs",
+    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("ingest", "schemas")),
+    persist_result=True,
+)
+def natural_pairs_task(
+    cfg: PipelineConfig, doc_manifests: list[Manifest], holdout: Manifest | None
+) -> Manifest:
+    """Title -> abstract / description pairs from the documents that were not held out."""
+    from st_workflow.ingest import build_natural_pairs
+
+    get_logger().info(banner("natural pairs"))
+    m = build_natural_pairs(cfg, doc_manifests, holdout)
+    publish_table(
+        "natural-pairs", [{"stage": "natural pairs", **m.counts}], "Natural pairs by type and source"
+    )
+    return m
+
+
+_LLM_CACHE = ManifestCachePolicy(sections=("generation",), code=("stage2_generation",))
+
+
+@task(
+    name="relevancy-filter",
+    cache_policy=_LLM_CACHE,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[30, 120],
+    retry_condition_fn=transient_error,
+)
+def relevancy_filter_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest | None:
+    """Judge each document's fitness for grounded QA (Pydantic AI)."""
+    from st_workflow.stage2_generation import run_relevancy_filter
+
+    get_logger().info(banner("relevancy filter"))
+    m = run_relevancy_filter(cfg, doc_manifests)
+    if m is not None:
+        publish_table(
+            "relevancy-filter",
+            [{"stage": "relevancy filter", **m.counts, **_cost(m)}],
+            "Documents judged and kept, tokens and cost",
+        )
+    return m
+
+
+@task(
+    name="generate-pairs",
+    cache_policy=_LLM_CACHE,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[30, 120],
+    retry_condition_fn=transient_error,
+)
+def generate_pairs_task(
+    cfg: PipelineConfig, doc_manifests: list[Manifest], filter_manifest: Manifest | None
+) -> Manifest | None:
+    """Synthetic question/context pairs and search terms (Instructor)."""
+    from st_workflow.stage2_generation import run_generation
+
+    get_logger().info(banner("generate pairs"))
+    m = run_generation(cfg, doc_manifests, filter_manifest)
+    if m is not None:
+        publish_table(
+            "generate-pairs",
+            [{"stage": "generation", **m.counts, **_cost(m)}],
+            "Documents, generated pairs, tokens and cost",
+        )
+    return m
+
+
+@task(name="pair-gates", cache_policy=_LLM_CACHE, persist_result=True)
+def pair_gates_task(
+    cfg: PipelineConfig, generated: Manifest, doc_manifests: list[Manifest], benchmark_dirs: list[str]
+) -> Manifest:
+    """Verbatim, dedup, leakage and length gates over the generated pairs."""
+    from st_workflow.stage2_generation import run_gates
+
+    get_logger().info(banner("pair gates"))
+    m = run_gates(cfg, generated, doc_manifests, [Path(d) for d in benchmark_dirs])
+    publish_table(
+        "pair-gates", [{"gate": k, "value": v} for k, v in m.counts.items()], "Yield of each pair gate"
+    )
+    return m
+
+
+@task(
+    name="assemble-pairs",
+    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("pairset", "leakage")),
+    persist_result=True,
+)
+def assemble_pairs_task(
+    cfg: PipelineConfig, pair_manifests: list[Manifest | None], benchmark_dirs: list[str]
+) -> Manifest:
+    """One de-duplicated, leakage-checked pairs dataset for training."""
+    from st_workflow.pairset import assemble_pairs
+
+    get_logger().info(banner("pairs dataset"))
+    m = assemble_pairs(cfg, [p for p in pair_manifests if p is not None], [Path(d) for d in benchmark_dirs])
+    publish_table(
+        "pairs-dataset",
+        [{"count": k, "value": v} for k, v in m.counts.items()],
+        "Training pairs by type and source, with removals",
+    )
+    return m
+
+
+def _cost(m: Manifest) -> dict[str, float]:
+    return {
+        k: v for k, v in m.metrics.items() if isinstance(v, int | float) and ("cost" in k or "token" in k)
+    }

@@ -1,0 +1,160 @@
+"""Tasks of the train flow: pre-tokenize, train (torchrun), evaluate, compare, promote, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from st_workflow.config import PipelineConfig
+from st_workflow.log import banner, get_logger
+from st_workflow.manifest import Manifest
+from st_workflow.tasks.artifacts import publish_image, publish_link, publish_markdown, publish_table
+from st_workflow.tasks.caching import ManifestCachePolicy, transient_error
+
+
+@task(
+    name="pretokenize",
+    cache_policy=ManifestCachePolicy(sections=("training",), code=("training",)),
+    persist_result=True,
+)
+def pretokenize_task(cfg: PipelineConfig, pairs: Manifest) -> Manifest:
+    """Tokenize the pairs once into the shared Arrow cache."""
+    from st_workflow.training import pretokenize_stage
+
+    get_logger().info(banner("pre-tokenize"))
+    return pretokenize_stage(cfg, pairs)
+
+
+@task(
+    name="train",
+    cache_policy=ManifestCachePolicy(sections=("training", "wandb"), code=("training",)),
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=30,
+    retry_condition_fn=transient_error,
+)
+def train_task(cfg: PipelineConfig, pairs: Manifest, pretok: Manifest | None) -> Manifest:
+    """Fine-tune under torchrun; the training process group dies with this task (cancel, timeout, crash)."""
+    from st_workflow.training import train_stage
+
+    log = get_logger()
+    log.info(banner(f"train {cfg.training.base_model} ({cfg.training.launch.nproc_per_node} process(es))"))
+    m = train_stage(cfg, pairs, pretok, log_sink=log.info)
+    publish_table(
+        "training",
+        [{"metric": k, "value": v} for k, v in m.metrics.items() if isinstance(v, int | float | str)],
+        "Training summary",
+    )
+    return m
+
+
+@task(
+    name="evaluate",
+    cache_policy=ManifestCachePolicy(sections=("evaluation",), code=("evaluation", "models")),
+    persist_result=True,
+)
+def evaluate_task(
+    cfg: PipelineConfig,
+    models: dict[str, str],
+    benchmarks: dict[str, Manifest],
+    trained: Manifest | None = None,
+) -> Manifest:
+    """Score every model on every benchmark (incremental: finished combinations are not recomputed).
+
+    ``trained`` is not read here; it ties the cache key to the trained model's content, since a model path alone
+    does not change when the model is retrained.
+    """
+    from st_workflow.evaluation import evaluate_stage
+
+    get_logger().info(
+        banner(f"evaluate {len(models)} model(s) on {len(cfg.evaluation.benchmarks)} benchmark(s)")
+    )
+    m = evaluate_stage(cfg, models, {name: Path(b.directory) for name, b in benchmarks.items()})
+    rows = [
+        {
+            "model": model,
+            "benchmark": bench,
+            **{k: v for k, v in vals.items() if k in cfg.evaluation.primary_metrics},
+        }
+        for model, per_bench in m.metrics.items()
+        if isinstance(per_bench, dict)
+        for bench, vals in per_bench.items()
+        if isinstance(vals, dict)
+    ]
+    publish_table("ir-metrics", rows, "Retrieval metrics per model and benchmark")
+    return m
+
+
+@task(name="comparison-report", cache_policy=NO_CACHE)
+def comparison_report_task(
+    cfg: PipelineConfig, evaluation: Manifest, models_order: list[str]
+) -> dict[str, str]:
+    """Markdown tables and PNG plots comparing checkpoints, base and baselines."""
+    from st_workflow.evaluation import write_comparison_report
+
+    get_logger().info(banner("comparison report"))
+    paths = write_comparison_report(
+        cfg, evaluation, cfg.stage_dir("eval") / "report", models_order=models_order
+    )
+    for role, p in paths.items():
+        p = Path(p)
+        if p.suffix == ".md":
+            publish_markdown(f"comparison-{role}", p.read_text(encoding="utf-8"), "Checkpoint comparison")
+        elif p.suffix == ".png":
+            publish_image(f"plot-{role}", p, "Evaluation plot")
+    return {k: str(v) for k, v in paths.items()}
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(cfg: PipelineConfig, evaluation: Manifest, candidates: dict[str, str]) -> dict[str, Any]:
+    """Apply the promotion policy and say why."""
+    from st_workflow.evaluation import promote
+
+    get_logger().info(banner(f"promote ({cfg.evaluation.promotion.policy})"))
+    decision = promote(cfg, evaluation, candidates)
+    reasons = "\n".join(f"- {r}" for r in decision.get("reasons", []))
+    publish_markdown(
+        "promotion",
+        f"**Promoted:** `{decision.get('promoted')}`\n\n`{decision.get('path')}`\n\n{reasons}",
+        "Promoted model and the policy's reasons",
+    )
+    if decision.get("path"):
+        publish_link(
+            "promoted-model", decision["path"], str(decision.get("promoted")), "Promoted model directory"
+        )
+    return decision
+
+
+@task(name="run-report", cache_policy=NO_CACHE)
+def run_report_task(
+    cfg: PipelineConfig,
+    metrics: dict[str, Any],
+    stages: list[dict[str, Any]],
+    started_at: float,
+    promotion: dict[str, Any] | None,
+    links: dict[str, str],
+) -> dict[str, str]:
+    """Write ``report.md`` + ``summary.json`` + chart at the run root and publish them."""
+    from st_workflow.reporting import StageRecord, write_run_report
+
+    wall = time.time() - started_at
+    records = [StageRecord(**s) for s in stages]
+    paths = write_run_report(
+        cfg, metrics=metrics, stages=records, wall_seconds=wall, promotion=promotion, extra_links=links
+    )
+    publish_markdown(
+        "run-report", paths["report"].read_text(encoding="utf-8"), f"Report of run {cfg.run_name}"
+    )
+    publish_table(
+        "run-stages",
+        [{"stage": s.stage, "status": s.status, "seconds": s.seconds, "note": s.note} for s in records],
+        "What each stage did in this run",
+    )
+    if "chart" in paths:
+        publish_image("run-chart", paths["chart"], "Base vs fine-tuned")
+    get_logger().info("report written to %s (wall time %.1f s)", paths["report"], wall)
+    return {k: str(v) for k, v in paths.items()}
