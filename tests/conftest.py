@@ -58,3 +58,12 @@ def scifact_dir() -> Path:
     if path is None:
         pytest.skip("SciFact not found (set ST_WORKFLOW_SCIFACT or place it at ../shared/benchmarks/scifact)")
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API (SQLite) for the whole session; flows and tasks run against it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
