@@ -3,9 +3,10 @@
 * ``stage2-data/regenerate`` — weekly cron (UTC), incremental: documents that did not change cost no LLM calls.
 * ``train/default``, ``evaluate/default``, ``pipeline/default`` — run on demand.
 
-Every deployment has a concurrency limit of 1 with ``CANCEL_NEW``: a schedule that fires twice (Prefect #17153,
-#18894) or a second manual trigger while one run is active is cancelled instead of racing the first run — and if it
-does run later, every finished stage is a cache hit, so a duplicate costs seconds, not LLM money.
+Every deployment runs one flow run at a time. The scheduled ``stage2-data/regenerate`` uses ``CANCEL_NEW``: a
+schedule that fires twice (Prefect #17153, #18894) is cancelled instead of racing the active run, and a duplicate that
+runs later finds every finished stage (and every LLM answer) cached, so it costs seconds, not LLM money. The on-demand
+deployments use ``ENQUEUE``, so a second trigger waits its turn instead of being dropped.
 """
 
 from __future__ import annotations
@@ -76,10 +77,11 @@ def _schedule_kwargs(spec: DeploymentSpec, cron: str | None, timezone: str) -> d
     return {"schedules": [Cron(cron, timezone=timezone)]}
 
 
-def _concurrency() -> Any:
+def _concurrency(spec: DeploymentSpec) -> Any:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    strategy = ConcurrencyLimitStrategy.CANCEL_NEW if spec.scheduled else ConcurrencyLimitStrategy.ENQUEUE
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=strategy)
 
 
 def build_runner_deployments(
@@ -97,7 +99,7 @@ def build_runner_deployments(
                 parameters={"config_path": config_path, "overrides": list(overrides or [])},
                 description=spec.description,
                 tags=["st-workflow"],
-                concurrency_limit=_concurrency(),
+                concurrency_limit=_concurrency(spec),
                 **_schedule_kwargs(spec, cron, timezone),
             )
         )
@@ -140,7 +142,7 @@ def deploy_to_pool(
             parameters={"config_path": config_path, "overrides": list(overrides or [])},
             description=spec.description,
             tags=["st-workflow"],
-            concurrency_limit=_concurrency(),
+            concurrency_limit=_concurrency(spec),
             print_next_steps=False,
             **_schedule_kwargs(spec, cron, timezone),
         )

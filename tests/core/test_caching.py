@@ -45,12 +45,20 @@ def test_cache_hits_misses_and_revalidates(prefect_harness, tmp_path: Path, upst
     first = two_stage(cfg, upstream, "a")
     assert CALLS == ["a"]
     # Same inputs: cached, even with an unrelated config section changed.
-    again = two_stage(load_config(None, [f"runs_dir={tmp_path / 'runs'}", "run_name=cache-test",
-                                         "evaluation.batch_size=7"]), upstream, "a")
+    again = two_stage(
+        load_config(
+            None, [f"runs_dir={tmp_path / 'runs'}", "run_name=cache-test", "evaluation.batch_size=7"]
+        ),
+        upstream,
+        "a",
+    )
     assert CALLS == ["a"] and again.content_hash == first.content_hash
     # A config section the task reads changed: recomputed.
-    two_stage(load_config(None, [f"runs_dir={tmp_path / 'runs'}", "run_name=cache-test",
-                                 "training.epochs=3"]), upstream, "a")
+    two_stage(
+        load_config(None, [f"runs_dir={tmp_path / 'runs'}", "run_name=cache-test", "training.epochs=3"]),
+        upstream,
+        "a",
+    )
     assert CALLS == ["a", "a"]
     # Upstream content changed: recomputed.
     (Path(upstream.directory) / "u.txt").write_text("new upstream")

@@ -25,8 +25,17 @@ def _write(d: Path, name: str, text: str) -> Path:
 def test_build_write_read_roundtrip(tmp_path: Path) -> None:
     _write(tmp_path, "a.jsonl", '{"x": 1}\n{"x": 2}\n')
     _write(tmp_path, "model/weights.bin", "w")
-    m = Manifest.build(stage="s", name="n", directory=tmp_path, files={"rows": ("a.jsonl", 2), "model": "model"},
-                       counts={"kept": 2}, schema={"x": "int64"}, config_hash="c", code_version="v", cache_key="k")
+    m = Manifest.build(
+        stage="s",
+        name="n",
+        directory=tmp_path,
+        files={"rows": ("a.jsonl", 2), "model": "model"},
+        counts={"kept": 2},
+        schema={"x": "int64"},
+        config_hash="c",
+        code_version="v",
+        cache_key="k",
+    )
     assert m.files["rows"].sha256 == sha256_file(tmp_path / "a.jsonl")
     assert m.files["model"].is_dir and m.files["model"].sha256 == sha256_tree(tmp_path / "model")
     m.write()
@@ -83,9 +92,16 @@ def test_stable_hash_is_order_and_process_independent() -> None:
     obj = {"b": [1, 2, {"z": 1, "a": 2}], "a": "x"}
     assert stable_hash(obj) == stable_hash({"a": "x", "b": [1, 2, {"a": 2, "z": 1}]})
     other = subprocess.run(
-        [sys.executable, "-c", "from st_workflow.hashing import stable_hash; "
-         "print(stable_hash({'a': 'x', 'b': [1, 2, {'z': 1, 'a': 2}]}))"],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"},
+        [
+            sys.executable,
+            "-c",
+            "from st_workflow.hashing import stable_hash; "
+            "print(stable_hash({'a': 'x', 'b': [1, 2, {'z': 1, 'a': 2}]}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
     )
     assert other.stdout.strip() == stable_hash(obj)
 

@@ -1,0 +1,117 @@
+"""The pairs dataset stage (dedup + leakage) and the run report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from st_workflow.beir import write_benchmark
+from st_workflow.config import load_config
+from st_workflow.manifest import Manifest
+from st_workflow.pairset import assemble_pairs
+from st_workflow.reporting import StageRecord, write_run_report
+from st_workflow.schemas import PAIR_SCHEMA
+
+
+def _pairs(directory: Path, rows: list[tuple[str, str, str]], stage: str) -> Manifest:
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "anchor": a,
+                "positive": p,
+                "negative": None,
+                "type": "title-description",
+                "source": s,
+                "synthesized": False,
+                "doc_id": f"{s}-{i}",
+                "model": None,
+                "prompt_version": None,
+            }
+            for i, (a, p, s) in enumerate(rows)
+        ],
+        schema=PAIR_SCHEMA,
+    )
+    pq.write_table(table, directory / "pairs.parquet")
+    m = Manifest.build(stage=stage, directory=directory, files={"pairs": ("pairs.parquet", len(rows))})
+    m.write()
+    return m
+
+
+def test_assemble_dedups_and_drops_leaks(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "run_name=r"])
+    bench = tmp_path / "bench"
+    write_benchmark(
+        bench,
+        corpus=[("d1", "Held-out dataset", "Sea surface temperature from MODIS.")],
+        queries=[("q1", "Held-out dataset")],
+        qrels={"test": [("q1", "d1", 1)]},
+    )
+    a = _pairs(
+        tmp_path / "a",
+        [
+            ("Title A", "Description of A is long enough.", "cmr"),
+            ("held-out   DATASET", "Some other text that is long.", "cmr"),
+        ],
+        "pairs-natural",
+    )
+    b = _pairs(
+        tmp_path / "b",
+        [
+            ("title a", "Description  of A is long enough.", "pds"),
+            ("Title B", "Sea surface temperature from MODIS.", "pds"),
+            ("Title C", "Fine text about Mars dust storms.", "pds"),
+        ],
+        "llm-gates",
+    )
+    m = assemble_pairs(cfg, [a, b], [bench])
+    assert m.counts["input"] == 5
+    assert m.counts["dropped_duplicates"] == 1
+    assert m.counts["dropped_leaked"] == 2
+    assert m.counts["pairs"] == 2
+    out = pq.read_table(m.path("pairs")).to_pylist()
+    assert [r["anchor"] for r in out] == ["Title A", "Title C"]
+    # Unchanged inputs: the same manifest comes back without rewriting.
+    again = assemble_pairs(cfg, [a, b], [bench])
+    assert again.created_at == m.created_at and again.content_hash == m.content_hash
+
+
+def test_assemble_rejects_wrong_schema(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "run_name=r"])
+    d = tmp_path / "bad"
+    d.mkdir()
+    pq.write_table(pa.table({"anchor": ["a"], "positive": ["b"]}), d / "pairs.parquet")
+    bad = Manifest.build(stage="x", directory=d, files={"pairs": "pairs.parquet"})
+    with pytest.raises(ValueError, match="lack columns"):
+        assemble_pairs(cfg, [bad], [])
+
+
+def test_run_report_files_and_summary_shape(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "run_name=demo"])
+    metrics = {
+        "base": {"in-domain": {"ndcg@10": 0.5, "mrr@10": 0.4, "recall@10": 0.7}},
+        "fine_tuned": {"in-domain": {"ndcg@10": 0.6, "mrr@10": 0.5, "recall@10": 0.8}},
+    }
+    stages = [
+        StageRecord(stage="ingest/cmr", status="ran", seconds=1.2, counts={"kept": 10}),
+        StageRecord(stage="llm-pairs", status="skipped", note="no endpoint"),
+    ]
+    paths = write_run_report(
+        cfg,
+        metrics=metrics,
+        stages=stages,
+        wall_seconds=12.5,
+        promotion={"promoted": "fine_tuned", "path": "/x", "reasons": ["best"]},
+    )
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["wall_seconds"] == 12.5
+    assert summary["models"]["fine_tuned"]["in-domain"]["ndcg@10"] == 0.6
+    assert set(summary["models"]) == {"base", "fine_tuned"}
+    md = paths["report"].read_text()
+    assert "| fine_tuned | in-domain | 0.6000 | 0.5000 | 0.8000 |" in md
+    assert "+0.1000" in md and "report_metrics.png" in md and "no endpoint" in md
+    assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
