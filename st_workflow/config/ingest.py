@@ -18,6 +18,19 @@ class _SourceBase(StrictModel):
     """Stop after this many kept records (handy for slices and smoke runs)."""
 
 
+class RetryConfig(StrictModel):
+    """Bounded exponential backoff with jitter for HTTP sources."""
+
+    max_attempts: PositiveInt = 6
+    """Attempts per request, the first included."""
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    """First backoff delay; doubles each attempt (full jitter: the actual delay is uniform in [0, delay])."""
+    backoff_max_s: float = Field(default=60.0, ge=0)
+    """Upper bound of one backoff delay (and of an honoured ``Retry-After``)."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Per-request read timeout (CMR's own hard limit is 180 s)."""
+
+
 class ArxivApiConfig(StrictModel):
     """The arXiv export API, for papers newer than the snapshot."""
 
@@ -31,8 +44,12 @@ class ArxivApiConfig(StrictModel):
     """Total records to fetch from the API."""
     page_size: Annotated[int, Field(gt=0, le=2000)] = 500
     """Records per request (the API allows at most 2000)."""
-    min_interval_s: float = 3.0
+    min_interval_s: float = Field(default=3.0, ge=0)
     """Minimum seconds between requests (arXiv terms of use: one request every 3 s)."""
+    incremental: bool = True
+    """Ask newest-first (``sortBy=lastUpdatedDate``) and stop at the last successful ingest's newest entry."""
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    """Retry policy for 429/5xx/timeouts/truncated responses."""
 
 
 class ArxivSource(_SourceBase):
@@ -41,28 +58,18 @@ class ArxivSource(_SourceBase):
     kind: Literal["arxiv"] = "arxiv"
     """Discriminator: ``arxiv``."""
     snapshot: list[str] = Field(default_factory=list)
-    """Snapshot files (JSON Lines, Kaggle or OAI-DC line format); ``pkg://`` paths name bundled data."""
+    """Snapshot files (JSON Lines, Kaggle or OAI-DC line format); ``pkg://`` paths name bundled data. Empty (with
+    the API off): ``<download_dir>/arxiv-metadata-oai-snapshot.json``, downloaded from Kaggle when missing."""
     categories: list[str] = Field(default_factory=list)
-    """Keep papers with a category starting with one of these prefixes (e.g. ``astro-ph``); empty keeps all."""
+    """Keep papers with a category matching one of these prefixes; empty keeps all. ``astro-ph`` matches
+    ``astro-ph`` and ``astro-ph.EP``, ``physics`` matches ``physics.ao-ph`` but not ``math-ph``; a prefix ending
+    in ``-`` or ``.`` (``hep-``) matches anything that starts with it."""
     kaggle_dataset: str = "Cornell-University/arxiv"
     """Kaggle dataset to download the snapshot from when it is missing and credentials exist."""
     download_dir: str = "data/raw"
     """Where a downloaded snapshot is put."""
     api: ArxivApiConfig = Field(default_factory=ArxivApiConfig)
     """Optional export-API ingest of recent papers."""
-
-
-class RetryConfig(StrictModel):
-    """Bounded exponential backoff with jitter for HTTP sources."""
-
-    max_attempts: PositiveInt = 6
-    """Attempts per request, the first included."""
-    backoff_base_s: float = 1.0
-    """First backoff delay; doubles each attempt."""
-    backoff_max_s: float = 60.0
-    """Upper bound of one backoff delay (and of an honoured ``Retry-After``)."""
-    timeout_s: float = 60.0
-    """Per-request read timeout (CMR's own hard limit is 180 s)."""
 
 
 class CmrSource(_SourceBase):
@@ -84,6 +91,9 @@ class CmrSource(_SourceBase):
     """Read UMM-C items from a JSON Lines dump (or a saved response) instead of the API."""
     incremental: bool = True
     """Ask only for ``revision_date`` after the last successful ingest and merge by concept-id."""
+    incremental_overlap_s: float = Field(default=3600.0, ge=0)
+    """Re-ask this many seconds before the newest ``revision-date`` already seen (CMR indexes with a lag; the
+    merge by concept-id makes the overlap harmless)."""
     retry: RetryConfig = Field(default_factory=RetryConfig)
     """Retry policy for 429/5xx/timeouts."""
 
@@ -101,8 +111,14 @@ class PdsSource(_SourceBase):
     """Query parameters (``q``, ``keywords``...)."""
     limit: PositiveInt = 500
     """Items per page (the docs advise staying below a few thousand)."""
+    sort: list[str] = Field(default_factory=lambda: ["ops:Harvest_Info.ops:harvest_date_time"])
+    """Sort fields for ``search-after`` paging (the API requires ``sort`` with ``search-after``)."""
+    incremental: bool = True
+    """Ask only for products harvested since the last successful ingest (``harvest_date_time ge ...``) and
+    merge by lidvid."""
     from_file: str | None = None
-    """Read records from a JSON Lines file (Search API items or extracted PDS4 context products)."""
+    """Read records from a file instead of the API: JSON Lines of Search API items or of extracted PDS4 context
+    products, a saved Search API response (``{"data": [...]}``), or a PDS4 XML label (or a directory of them)."""
     retry: RetryConfig = Field(default_factory=RetryConfig)
     """Retry policy for 429/5xx/timeouts."""
 
@@ -168,6 +184,15 @@ class IngestConfig(StrictModel):
     """Shorter texts are quarantined."""
     max_text_chars: PositiveInt = 200_000
     """Longer texts are quarantined (size bound)."""
+    max_record_bytes: PositiveInt = 4 * 1024 * 1024
+    """Raw records (lines, API items) larger than this are quarantined before they are parsed."""
+    dedup_content: bool = True
+    """Quarantine a record whose normalised title and text equal an earlier record's (reason ``duplicate_content``)."""
+    identity_hash_max_bytes: PositiveInt = 512 * 1024 * 1024
+    """Input files up to this size are identified by their sha256 for re-use; larger ones (multi-GB snapshots) by
+    name, size and modification time, which is much cheaper and changes whenever the file is replaced."""
+    batch_rows: PositiveInt = 20_000
+    """Documents per Parquet row group (memory stays bounded by one batch while streaming)."""
 
     def source(self, name: str) -> SourceConfig:
         """The source called ``name``."""

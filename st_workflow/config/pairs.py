@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from st_workflow.config.base import Fraction, PositiveInt, StrictModel
+
+
+CmrField = Literal[
+    "Description",
+    "Purpose",
+    "Science keywords",
+    "Platform",
+    "Instrument",
+    "Project",
+    "Short name",
+    "Location",
+    "Keywords",
+    "Data type",
+    "DOI",
+]
+PdsField = Literal[
+    "Description",
+    "Type",
+    "Target",
+    "Investigation",
+    "Instrument host",
+    "Instrument",
+    "Telescope",
+    "Facility",
+    "Keywords",
+    "Node",
+    "Also known as",
+]
 
 
 class NaturalPairsConfig(StrictModel):
@@ -15,7 +45,21 @@ class NaturalPairsConfig(StrictModel):
     sources: list[str] = Field(default_factory=list)
     """Ingest sources to build pairs from; empty means all."""
     max_positive_chars: PositiveInt = 4000
-    """Truncate very long positives (the tokenizer truncates anyway; this keeps files small)."""
+    """Truncate very long positives at a word boundary (the tokenizer truncates anyway; this keeps files small)."""
+    cmr_fields: list[CmrField] = Field(
+        default_factory=lambda: ["Description", "Purpose", "Science keywords", "Platform", "Instrument", "Project"]
+    )
+    """"Label: value" lines of a CMR positive, in order (the original used Description, Purpose, Scientific
+    Keywords, Phenomena, Data format, Instrument). Also available: ``Short name``, ``Location``, ``Keywords``,
+    ``Data type``, ``DOI``."""
+    pds_fields: list[PdsField] = Field(
+        default_factory=lambda: ["Description", "Type", "Target", "Investigation", "Instrument host", "Instrument"]
+    )
+    """"Label: value" lines of a PDS positive, in order (the original used Description, Target, Repository,
+    Investigation, Instrument). Also available: ``Telescope``, ``Facility``, ``Keywords``, ``Node``,
+    ``Also known as``."""
+    dedup: bool = True
+    """Drop a pair whose normalised anchor and positive equal an earlier pair's (counted as ``duplicate``)."""
 
 
 class HoldoutConfig(StrictModel):
@@ -30,7 +74,10 @@ class HoldoutConfig(StrictModel):
     max_queries_per_source: PositiveInt | None = None
     """Cap on held-out documents per source."""
     per_source_qrels: bool = True
-    """Also write one qrels file per source (``qrels/title-description~<source>.tsv``) besides ``test.tsv``."""
+    """Also write one qrels file per source (``qrels/<pair type>~<source>.tsv``) besides ``test.tsv``."""
+    corpus_title: bool = False
+    """Also put the document title in the corpus entry's ``title`` field. Off by default: the queries ARE the
+    titles, so a titled corpus turns retrieval into string matching and the benchmark stops measuring anything."""
 
 
 class PairsConfig(StrictModel):
