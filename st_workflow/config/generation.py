@@ -63,16 +63,22 @@ class ExecutionConfig(StrictModel):
     """Upper bound of one delay (also caps an honoured ``Retry-After``)."""
     max_reasks: int = Field(default=2, ge=0)
     """Re-asks when the answer fails validation."""
-    budget_usd: float | None = None
-    """Stop cleanly (keeping everything so far) once this many USD are spent."""
+    budget_usd: float | None = Field(default=None, ge=0)
+    """Cap on the new USD spending of each LLM stage (filter, generation) in one run: no call starts whose expected
+    cost would cross it; calls in flight finish and everything done so far is kept (cached answers cost nothing)."""
     budget_tokens: PositiveInt | None = None
-    """Stop cleanly once this many tokens are used."""
+    """The same cap in tokens (prompt + completion)."""
     prices: dict[str, Price] = Field(default_factory=_default_prices)
     """Price table by model name."""
     shard_size: PositiveInt = 200
     """Results per Parquet shard (each written atomically)."""
     prefect_concurrency_limit: str | None = "llm-calls"
-    """Name of a Prefect global concurrency limit that bounds LLM calls across runs (unset: no limit)."""
+    """Name of a Prefect global concurrency limit that bounds LLM calls across runs (unset: no limit). Each HTTP
+    request holds one slot while inside a Prefect run; a limit missing on the server is logged once and ignored."""
+    claim_poll_s: float = Field(default=0.5, gt=0)
+    """How often a run looks again at a document that another run is answering at the same time."""
+    progress_every_s: float = Field(default=15.0, gt=0)
+    """Interval of the progress log line (documents done, cached, failed, USD spent)."""
 
 
 class RelevancyFilterConfig(StrictModel):
@@ -86,6 +92,9 @@ class RelevancyFilterConfig(StrictModel):
     """Sources to judge; empty means all."""
     max_doc_chars: PositiveInt = 12_000
     """Documents are cut to this many characters before judging."""
+    prompt: str = "relevancy.v1"
+    """Bundled prompt name (``st_workflow/stage2_generation/prompts``) or a prompt file path; its content hash is
+    part of the cache key."""
 
 
 class PairGenerationConfig(StrictModel):
@@ -112,7 +121,14 @@ class PairGenerationConfig(StrictModel):
     max_doc_chars: PositiveInt = 12_000
     """Documents are cut to this many characters before prompting."""
     max_documents: PositiveInt | None = None
-    """Cap on documents sent to the LLM per run."""
+    """Cap on documents sent to the LLM per run (the first ones in (source, id) order)."""
+    prompt: str = "qa_pairs.v1"
+    """Prompt of the question/context + search-terms generator (bundled name or file path)."""
+    search_terms_prompt: str = "search_terms.v1"
+    """Prompt of the search-terms-only variant (bundled name or file path)."""
+    salvage_after_reasks: bool = True
+    """When the re-asks are spent, keep the structurally valid part of the last answer; the gates then drop the
+    pairs that are still not verbatim or not standalone, and count them. False: the document fails."""
 
 
 class GatesConfig(StrictModel):
@@ -132,6 +148,19 @@ class GatesConfig(StrictModel):
     """Shorter contexts are dropped."""
     max_context_chars: PositiveInt = 6000
     """Longer contexts are dropped."""
+    min_term_chars: PositiveInt = 4
+    """Shorter search terms are dropped."""
+    max_term_chars: PositiveInt = 150
+    """Longer search terms are dropped."""
+    require_standalone_query: bool = True
+    """Drop queries that lean on an unseen document ("this mission", "the paper") instead of naming it."""
+    near_duplicate_ngram: PositiveInt = 5
+    """Word n-gram size of the near-duplicate shingles (texts shorter than that use character 3-grams)."""
+    leakage_ngram: PositiveInt = 8
+    """Word n-gram size used to find benchmark text inside a pair."""
+    leakage_overlap: Fraction = 0.5
+    """A pair leaks when at least this share of its anchor's or positive's n-grams occur in a benchmark's queries
+    or corpus (or its anchor equals a benchmark query)."""
 
 
 class GenerationConfig(StrictModel):
@@ -148,4 +177,6 @@ class GenerationConfig(StrictModel):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     """Pair gates."""
     filter_before_generation: bool = True
-    """Judge documents before generating (cheaper); when false, generate for all and filter after."""
+    """Judge documents before generating (cheaper: rejected documents cost no generation call). When false, pairs
+    are generated for every document (the two stages may then run side by side) and the gates drop the pairs of
+    documents the filter rejected; each document is still judged once."""
