@@ -33,16 +33,26 @@ from st_workflow.runtime import apply_config_env
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--docs", action="append", required=True, type=Path, metavar="DIR",
+        "--docs",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="DIR",
         help="ingest output directory with documents.parquet + manifest.json (repeatable)",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     p.add_argument("--config", metavar="CONFIG", help="YAML config (default: built-in defaults)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set generation.execution.concurrency=32 (repeatable)",
     )
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint (OpenAI, vLLM, Ollama), e.g. https://api.openai.com/v1")
+    p.add_argument(
+        "--base-url", help="OpenAI-compatible endpoint (OpenAI, vLLM, Ollama), e.g. https://api.openai.com/v1"
+    )
     p.add_argument("--model", help="model name sent to the endpoint")
     p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
     p.add_argument("--cache-dir", type=Path, help="shared answer cache (default: the config's cache_dir)")
@@ -92,7 +102,10 @@ def _run(args: argparse.Namespace, what: str) -> int:
         if what == "filter":
             m = run_relevancy_filter(cfg, docs, out_dir=out)
             if m is None:
-                print("error: the relevancy filter is disabled (generation.filter.enabled=false)", file=sys.stderr)
+                print(
+                    "error: the relevancy filter is disabled (generation.filter.enabled=false)",
+                    file=sys.stderr,
+                )
                 return 2
             result = {"stage": m.stage, "directory": m.directory, "counts": m.counts, "metrics": m.metrics}
             complete = bool(m.metrics.get("complete"))
@@ -120,15 +133,17 @@ def _run(args: argparse.Namespace, what: str) -> int:
         print(f"judgements: {Path(m.directory) / 'judgements.parquet'}")
     else:
         p, c = result["pairs"], result["cost_usd"]
+        gates = ", ".join(f"{g['gate']} -{g['dropped']}" for g in p["gates"])
         print(
-            f"pairs kept {p['kept']} of {p['generated']} generated "
-            f"({', '.join(f'{g['gate']} -{g['dropped']}' for g in p['gates'])}); "
+            f"pairs kept {p['kept']} of {p['generated']} generated ({gates}); "
             f"cost ${c['total']:.4f} (${c['per_kept_pair']} per kept pair)"
         )
         print(f"pairs: {out / 'pairs.parquet'}")
     if not complete:
-        print("incomplete: some documents failed or the budget was reached; run the same command again to continue",
-              file=sys.stderr)
+        print(
+            "incomplete: some documents failed or the budget was reached; run the same command again to continue",
+            file=sys.stderr,
+        )
         return 4
     return 0
 
@@ -137,12 +152,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "generate",
         help="generate question/context pairs and search terms with an LLM (filter, generate, gates)",
-        description="Judge, generate and gate synthetic pairs for ingest outputs. " + (__doc__ or "").split("\n\n")[1],
+        description="Judge, generate and gate synthetic pairs for ingest outputs. "
+        + (__doc__ or "").split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(g)
     g.add_argument(
-        "--benchmark", action="append", default=[], type=Path, metavar="DIR",
+        "--benchmark",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
         help="BEIR-layout benchmark whose queries and corpus must not leak into the pairs (repeatable)",
     )
     g.set_defaults(func=lambda a: _run(a, "generate"))
