@@ -46,8 +46,10 @@ class HfPairs(StrictModel):
     """Split (slicing such as ``train[:1000]`` allowed)."""
     revision: str | None = None
     """Git revision to pin."""
+    data_files: list[str] = Field(default_factory=list)
+    """Data files passed to ``load_dataset`` (e.g. with ``dataset: json`` or a local directory)."""
     columns: PairColumns = Field(default_factory=PairColumns)
-    """Column mapping."""
+    """Column mapping; a dotted path such as ``positives.docs.0`` reaches into nested fields and lists."""
 
 
 class LocalPairs(StrictModel):
@@ -57,8 +59,10 @@ class LocalPairs(StrictModel):
     """Discriminator: ``local``."""
     path: str
     """File path (``pkg://`` for bundled data)."""
+    format: Literal["auto", "jsonl", "parquet", "csv", "tsv"] = "auto"
+    """File format; ``auto`` goes by the suffix."""
     columns: PairColumns = Field(default_factory=PairColumns)
-    """Column mapping."""
+    """Column mapping (dotted paths reach into nested fields)."""
 
 
 class BeirPairs(StrictModel):
@@ -70,6 +74,8 @@ class BeirPairs(StrictModel):
     """BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``)."""
     split: str = "train"
     """Qrels split to turn into pairs."""
+    min_score: int = 1
+    """Smallest qrels score that counts as relevant."""
 
 
 PairData = Annotated[PipelinePairs | HfPairs | LocalPairs | BeirPairs, Field(discriminator="kind")]
@@ -88,6 +94,18 @@ class LossConfig(StrictModel):
     """Use every rank's embeddings as negatives under DDP."""
     guide_model: str | None = None
     """Guide model for GISTEmbed."""
+    gist_temperature: float = Field(default=0.01, gt=0)
+    """Temperature of GISTEmbed."""
+    gist_margin_strategy: Literal["absolute", "relative"] = "absolute"
+    """How GISTEmbed discards negatives the guide rates as (near-)positives."""
+    gist_margin: float = 0.0
+    """Margin of that false-negative filter."""
+
+    @model_validator(mode="after")
+    def _gist_needs_guide(self) -> LossConfig:
+        if self.type == "gist" and not self.guide_model:
+            raise ValueError("loss.type 'gist' needs loss.guide_model (the guide model id or path)")
+        return self
 
 
 class TrainSource(StrictModel):
@@ -145,6 +163,8 @@ class SamplerConfig(StrictModel):
     """No repeated text inside a batch (false negatives otherwise)."""
     group_by_length: bool = True
     """Group similar lengths into batches (less padding) while keeping the order seeded."""
+    length_window: PositiveInt = 32
+    """Batches per length-sorting window: larger pads less, smaller keeps batches more random."""
 
 
 class LaunchConfig(StrictModel):
@@ -166,8 +186,16 @@ class LaunchConfig(StrictModel):
     """Port for single-node runs (a free one is chosen when unset)."""
     omp_num_threads: PositiveInt | None = None
     """Threads per process; unset: cores / processes."""
+    master_addr: str = "127.0.0.1"
+    """Address of rank 0 for single-node runs with a fixed ``master_port``."""
+    max_restarts: NonNegInt = 0
+    """torchrun restarts of the worker group after a failure."""
+    extra_args: list[str] = Field(default_factory=list)
+    """Extra torchrun arguments, passed through verbatim (e.g. ``--rdzv-conf=timeout=900``)."""
     timeout_s: PositiveInt | None = None
     """Kill the whole process group after this many seconds."""
+    kill_grace_s: float = Field(default=10.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL when the process group is stopped."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend; auto is nccl on GPU, gloo on CPU."""
 
@@ -192,8 +220,10 @@ class CheckpointConfig(StrictModel):
     """Save every N optimizer steps; unset: only the final model."""
     save_total_limit: PositiveInt | None = 3
     """Keep at most this many checkpoints."""
-    resume_from: str | None = None
-    """``latest`` or a checkpoint directory to resume from."""
+    resume_from: str | None = "auto"
+    """``auto``: resume from the latest checkpoint written under the same cache key (a retried or cancelled run
+    continues); ``latest``: the latest checkpoint in the stage directory; a path: that checkpoint; unset: start
+    fresh."""
 
 
 class HubConfig(StrictModel):
@@ -207,6 +237,12 @@ class HubConfig(StrictModel):
     """Create the repository as private."""
     token: SecretRef = Field(default_factory=lambda: SecretRef(env="HF_TOKEN"))
     """Hub token."""
+
+    @model_validator(mode="after")
+    def _repo_when_pushing(self) -> HubConfig:
+        if self.push and not self.repo_id:
+            raise ValueError("training.hub.push is true but training.hub.repo_id is not set")
+        return self
 
 
 class TrainingConfig(StrictModel):
@@ -244,6 +280,10 @@ class TrainingConfig(StrictModel):
     """DataLoader workers per process."""
     logging_steps: PositiveInt = 10
     """Log the loss every N steps."""
+    model_name: str | None = None
+    """Display name in the model card; unset: derived from the run name."""
+    trace_batches: bool = False
+    """Write every batch's row ids per rank to ``<train dir>/trace`` (audits sampling, resume and sharding)."""
     loss: LossConfig = Field(default_factory=LossConfig)
     """Default loss for sources that set none."""
     sources: list[TrainSource] = Field(default_factory=lambda: [TrainSource(name="pipeline")])

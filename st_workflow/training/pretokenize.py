@@ -1,0 +1,424 @@
+"""Pre-tokenization: every training source once into a memory-mapped Arrow cache shared by all ranks and runs.
+
+Two cache levels under ``<cache_dir>/tokenized/``:
+
+* ``text-<key>``: the source's cleaned text rows (``anchor``, ``positive``[, ``negative``]), keyed by the source's
+  content fingerprint, its column mapping and ``max_rows``;
+* ``<key>``: what training reads, keyed by that text key plus the tokenizer's content hash, ``max_seq_length``,
+  the mode and the subsample. It holds ``data.arrow`` (token ids, unpadded, truncated exactly as the model's own
+  ``preprocess`` truncates, or the texts when ``training.pretokenize`` is off), ``hashes.npy`` (one int64 per text,
+  for duplicate-free batches without touching texts), ``lengths.npy`` (for length grouping) and ``info.json``.
+
+The original keyed its cache by source name only, padded every row to 1024 tokens and tokenized with a different
+tokenizer path than training; here a changed mapping, file, tokenizer or length is a different key, padding is
+per batch, and tokenization is the model's own.
+
+Entries are written with :func:`st_workflow.atomic.atomic_dir`, so concurrent builders and crashes never leave a
+half-written entry, and they are built once in the calling process before the launch: every rank only memory-maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from st_workflow import atomic
+from st_workflow.config import PipelineConfig
+from st_workflow.config.training import TrainSource
+from st_workflow.hashing import code_version, sha256_file, sha256_tree, stable_hash
+from st_workflow.log import get_logger
+from st_workflow.manifest import FileEntry, Manifest, reusable
+from st_workflow.training.sources import SourceContext, SourceCounts, materialize, open_source
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+FORMAT_VERSION = 1
+STAGE = "pretokenize"
+DATA_FILE = "data.arrow"
+SOURCES_FILE = "sources.json"
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "merges.txt",
+    "vocab.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
+_TOKENIZE_BATCH = 1024
+
+
+def text_hashes(texts: list[str]) -> np.ndarray:
+    """Stable 64-bit hash per text (blake2b), as int64: equal texts get equal values in every process."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+            for t in texts
+        ],
+        dtype=np.int64,
+    )
+
+
+def tokenizer_fingerprint(model_dir: str) -> str:
+    """Content hash of the tokenizer files (and the sentence-transformers config that sets lower-casing/lengths)."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return stable_hash({"hub_id": model_dir})
+    parts = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name in _TOKENIZER_FILES:
+            parts[p.relative_to(root).as_posix()] = sha256_file(p)
+    return stable_hash(parts)
+
+
+def load_for_tokenizing(cfg: PipelineConfig) -> SentenceTransformer:
+    """The base model on CPU with the configured max length (only its tokenizer is used)."""
+    from st_workflow.models import load_model
+
+    return load_model(
+        cfg.training.base_model,
+        device="cpu",
+        cache_dir=cfg.cache_path,
+        max_seq_length=cfg.training.max_seq_length,
+    )
+
+
+@dataclass
+class BuiltSource:
+    """One source's entry in the cache."""
+
+    source: TrainSource
+    directory: Path
+    info: dict[str, Any]
+
+
+def _read_info(d: Path) -> dict[str, Any] | None:
+    p = d / "info.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _build_text_entry(src: TrainSource, ctx: SourceContext, cache_root: Path) -> tuple[Path, dict[str, Any]]:
+    reader = open_source(src, ctx)
+    key = stable_hash(
+        {"v": FORMAT_VERSION, "fp": reader.fingerprint, "columns": reader.columns, "max_rows": src.max_rows}
+    )
+    target = cache_root / f"text-{key}"
+    info = _read_info(target)
+    if info is not None and (target / DATA_FILE).is_file():
+        return target, info
+    log = get_logger()
+    with atomic.atomic_dir(target) as tmp:
+        counts: SourceCounts = materialize(reader, tmp / DATA_FILE, max_rows=src.max_rows)
+        if counts.dropped:
+            log.warning(
+                "training source %r: dropped %s of %d rows (%s)",
+                src.name,
+                counts.dropped,
+                counts.read,
+                "; ".join(counts.examples),
+            )
+        info = {
+            "key": key,
+            "source": src.name,
+            "fingerprint": reader.fingerprint,
+            "columns": reader.columns,
+            "read": counts.read,
+            "kept": counts.kept,
+            "dropped": counts.dropped,
+            "dropped_examples": counts.examples,
+            "details": reader.details,
+        }
+        atomic.write_json(tmp / "info.json", info)
+    return target, info
+
+
+def _allocate(sizes: list[int], cap: int | None) -> list[int]:
+    """Split ``cap`` rows over sources in proportion to their sizes (largest remainder); no cap: all rows."""
+    total = sum(sizes)
+    if cap is None or total <= cap:
+        return list(sizes)
+    quotas = [s * cap / total for s in sizes]
+    out = [math.floor(q) for q in quotas]
+    for i in sorted(range(len(sizes)), key=lambda i: out[i] - quotas[i])[: cap - sum(out)]:
+        out[i] += 1
+    return [min(o, s) for o, s in zip(out, sizes, strict=True)]
+
+
+def _tokenize(model: SentenceTransformer, texts: list[str]) -> list[list[int]]:
+    feats = model.preprocess(texts)
+    ids, mask = feats["input_ids"], feats["attention_mask"].bool()
+    return [ids[i][mask[i]].tolist() for i in range(ids.shape[0])]
+
+
+def _build_train_entry(
+    src: TrainSource,
+    text_dir: Path,
+    text_info: dict[str, Any],
+    cache_root: Path,
+    *,
+    pretokenize: bool,
+    tok_fp: str | None,
+    max_seq_length: int,
+    keep: int,
+    seed: int,
+    model_loader: Any,
+) -> BuiltSource:
+    from datasets import Dataset
+
+    n = int(text_info["kept"])
+    key = stable_hash(
+        {
+            "v": FORMAT_VERSION,
+            "text": text_info["key"],
+            "mode": "tokens" if pretokenize else "text",
+            "tokenizer": tok_fp if pretokenize else None,
+            "max_seq_length": max_seq_length if pretokenize else None,
+            "keep": keep if keep < n else None,
+            "seed": seed if keep < n else None,
+        }
+    )
+    target = cache_root / key
+    info = _read_info(target)
+    if info is not None and (target / DATA_FILE).is_file():
+        return BuiltSource(src, target, info)
+    texts = Dataset.from_file(str(text_dir / DATA_FILE))
+    columns = list(text_info["columns"])
+    rows = np.arange(n)
+    if keep < n:
+        rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence([seed, int(text_info["key"][:8], 16)]))
+        )
+        rows = np.sort(rng.choice(n, size=keep, replace=False))
+    model = model_loader() if pretokenize else None
+    out_cols = [f"{c}_input_ids" for c in columns] if pretokenize else list(columns)
+    id_type = pa.list_(pa.int32())
+    schema = pa.schema(
+        [pa.field(c, id_type if pretokenize else pa.string(), nullable=False) for c in out_cols]
+        + [pa.field("row", pa.int64(), nullable=False)]
+    )
+    hashes = np.zeros((len(rows), len(columns)), dtype=np.int64)
+    lengths = np.zeros(len(rows), dtype=np.int32)
+    truncated = 0
+    token_total = 0
+    with atomic.atomic_dir(target) as tmp:
+        with pa.OSFile(str(tmp / DATA_FILE), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for start in range(0, len(rows), _TOKENIZE_BATCH):
+                sel = rows[start : start + _TOKENIZE_BATCH]
+                chunk = (
+                    texts.select(sel.tolist()) if keep < n else texts.select(range(start, start + len(sel)))
+                )
+                arrays = []
+                for j, c in enumerate(columns):
+                    col_texts = chunk[c]
+                    hashes[start : start + len(sel), j] = text_hashes(col_texts)
+                    if pretokenize:
+                        ids = _tokenize(model, col_texts)
+                        lens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+                        truncated += int((lens >= max_seq_length).sum())
+                        arrays.append(pa.array(ids, id_type))
+                    else:
+                        lens = np.fromiter((len(t) for t in col_texts), dtype=np.int32, count=len(col_texts))
+                        arrays.append(pa.array(col_texts, pa.string()))
+                    lengths[start : start + len(sel)] += lens
+                    token_total += int(lens.sum())
+                arrays.append(pa.array(np.arange(start, start + len(sel), dtype=np.int64)))
+                writer.write_batch(pa.record_batch(arrays, schema))
+        np.save(tmp / "hashes.npy", hashes)
+        np.save(tmp / "lengths.npy", lengths)
+        info = {
+            "key": key,
+            "source": src.name,
+            "mode": "tokens" if pretokenize else "text",
+            "columns": columns,
+            "rows": len(rows),
+            "text_key": text_info["key"],
+            "fingerprint": text_info["fingerprint"],
+            "read": text_info["read"],
+            "kept": text_info["kept"],
+            "dropped": text_info["dropped"],
+            "subsampled_from": n if keep < n else None,
+            "tokenizer": tok_fp if pretokenize else None,
+            "max_seq_length": max_seq_length if pretokenize else None,
+            "mean_length": round(token_total / max(1, len(rows) * len(columns)), 2),
+            "truncated_texts": truncated if pretokenize else None,
+            "pad_token_id": int(model.tokenizer.pad_token_id or 0) if pretokenize else None,
+            "padding_side": getattr(model.tokenizer, "padding_side", "right") if pretokenize else None,
+            "token_type_ids": ("token_type_ids" in getattr(model.tokenizer, "model_input_names", []))
+            if pretokenize
+            else None,
+        }
+        info["tree_sha256"] = sha256_tree(tmp)
+        info["bytes"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        atomic.write_json(tmp / "info.json", info)
+    return BuiltSource(src, target, info)
+
+
+def build_sources(
+    cfg: PipelineConfig,
+    pairs_path: Path | None,
+    pairs_sha256: str | None = None,
+    *,
+    model_dir: str | None = None,
+) -> list[BuiltSource]:
+    """Build (or find) the cache entries of every enabled ``training.sources`` entry."""
+    from st_workflow.models import resolve_model
+
+    t = cfg.training
+    sources = [s for s in t.sources if s.enabled]
+    if not sources:
+        raise ValueError("training.sources: no enabled source")
+    cache_root = cfg.cache_path / "tokenized"
+    ctx = SourceContext(
+        pipeline_pairs=pairs_path,
+        pipeline_pairs_sha256=pairs_sha256,
+        hf_cache_dir=cfg.cache_path / "hf-datasets",
+    )
+    texts = [_build_text_entry(s, ctx, cache_root) for s in sources]
+    for s, (_, info) in zip(sources, texts, strict=True):
+        if info["kept"] == 0:
+            raise ValueError(
+                f"training source {s.name!r}: no usable rows (read {info['read']}, {info['dropped']})"
+            )
+    keeps = _allocate([int(i["kept"]) for _, i in texts], t.max_pairs)
+    model_dir = model_dir or resolve_model(t.base_model, cfg.cache_path)
+    tok_fp = tokenizer_fingerprint(model_dir) if t.pretokenize else None
+    model_cache: dict[str, Any] = {}
+
+    def loader() -> Any:
+        if "m" not in model_cache:
+            model_cache["m"] = load_for_tokenizing(cfg)
+        return model_cache["m"]
+
+    return [
+        _build_train_entry(
+            s,
+            d,
+            info,
+            cache_root,
+            pretokenize=t.pretokenize,
+            tok_fp=tok_fp,
+            max_seq_length=t.max_seq_length,
+            keep=k,
+            seed=cfg.seed,
+            model_loader=loader,
+        )
+        for s, (d, info), k in zip(sources, texts, keeps, strict=True)
+    ]
+
+
+def pretokenize_key(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> str:
+    """Cache key of the stage: the training options it reads, the pairs' content and this code."""
+    t = cfg.training
+    return stable_hash(
+        {
+            "stage": STAGE,
+            "seed": cfg.seed,
+            "training": {
+                "base_model": t.base_model,
+                "max_seq_length": t.max_seq_length,
+                "pretokenize": t.pretokenize,
+                "max_pairs": t.max_pairs,
+                "sources": [
+                    s.model_dump(mode="json", include={"name", "data", "max_rows", "enabled"})
+                    for s in t.sources
+                ],
+            },
+            "pairs": pairs_manifest.content_hash if pairs_manifest is not None else None,
+            "code": code_version("training"),
+        }
+    )
+
+
+def pretokenize_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest:
+    """Stage ``pretokenize``: build every training source's cache entry and describe them in a manifest.
+
+    Roles ``source:<name>`` point at the (absolute) cache directories; role ``sources`` is ``sources.json`` in the
+    stage directory, which the train stage reads. ``pairs_manifest`` may be ``None`` when no source reads the
+    pipeline pairs.
+    """
+    out = cfg.stage_dir(STAGE)
+    key = pretokenize_key(cfg, pairs_manifest)
+    hit = reusable(out, key)
+    if hit is not None:
+        return hit
+    pairs_path = pairs_sha = None
+    if pairs_manifest is not None:
+        pairs_path = pairs_manifest.path("pairs")
+        pairs_sha = pairs_manifest.files["pairs"].sha256
+    built = build_sources(cfg, pairs_path, pairs_sha)
+    records = []
+    files: dict[str, FileEntry] = {}
+    counts: dict[str, int] = {}
+    for b in built:
+        s = b.source
+        records.append(
+            {
+                "name": s.name,
+                "directory": str(b.directory),
+                "kind": s.data.kind,
+                **{
+                    k: b.info[k]
+                    for k in ("mode", "columns", "rows", "read", "kept", "dropped", "mean_length")
+                },
+                "truncated_texts": b.info.get("truncated_texts"),
+                "subsampled_from": b.info.get("subsampled_from"),
+                "fingerprint": b.info["fingerprint"],
+                "cache_key": b.info["key"],
+            }
+        )
+        files[f"source:{s.name}"] = FileEntry(
+            path=str(b.directory),
+            sha256=b.info["tree_sha256"],
+            bytes=b.info["bytes"],
+            rows=b.info["rows"],
+            is_dir=True,
+        )
+        counts[f"rows:{s.name}"] = int(b.info["rows"])
+        counts[f"dropped:{s.name}"] = int(sum(b.info["dropped"].values()))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / SOURCES_FILE, {"sources": records})
+    files["sources"] = FileEntry(
+        path=SOURCES_FILE,
+        sha256=sha256_file(out / SOURCES_FILE),
+        bytes=(out / SOURCES_FILE).stat().st_size,
+        rows=len(records),
+    )
+    counts["rows"] = sum(int(b.info["rows"]) for b in built)
+    m = Manifest(
+        stage=STAGE,
+        directory=str(out),
+        files=files,
+        counts=counts,
+        schema={c: "list<int32>" if cfg.training.pretokenize else "string" for c in ("anchor", "positive")},
+        metrics={
+            "mean_length": {b.source.name: b.info["mean_length"] for b in built},
+            "mode": "tokens" if cfg.training.pretokenize else "text",
+        },
+        config_hash=cfg.section_hash("training"),
+        code_version=code_version("training"),
+        cache_key=key,
+        upstream=[pairs_manifest.ref()] if pairs_manifest is not None else [],
+    )
+    m.write()
+    return m
+
+
+def read_sources(pretok_manifest: Manifest) -> list[dict[str, Any]]:
+    """The per-source records written by :func:`pretokenize_stage`."""
+    return json.loads(pretok_manifest.path("sources").read_text(encoding="utf-8"))["sources"]
