@@ -2,16 +2,16 @@
 
 Every HTTP answer's ``usage`` is added to the :class:`CallUsage` of the document being processed (re-asks and
 answers that failed validation included: they were paid for). A stage's :class:`Ledger` sums them per source and
-refuses to start a call whose expected cost would cross the budget, so a capped run stops *before* overspending and
+refuses to start a call whose estimated cost would cross the budget, so a capped run stops *before* overspending and
 keeps everything done so far.
 
 Example:
     >>> from st_workflow.config.generation import Price
     >>> led = Ledger(Price(input_per_mtok=1.0, output_per_mtok=2.0), budget_usd=0.0025)
     >>> u = CallUsage(prompt_tokens=1000, completion_tokens=500, requests=1)
-    >>> led.record(u, "cmr"); round(led.spent_usd, 6)
+    >>> led.record(u, "cmr", size=4000); round(led.spent_usd, 6)
     0.002
-    >>> led.admit(inflight=0)   # the next call is expected to cost 0.002 more: 0.004 > 0.0025
+    >>> led.reserve(size=4000, inflight=0)[0]   # a call of the same size would bring it to 0.004 > 0.0025
     'stop'
 """
 
@@ -68,7 +68,13 @@ class CallUsage:
 
 
 class Ledger:
-    """Spending of one stage run, per source, with the budget cap (single event loop, no locking needed)."""
+    """Spending of one stage run, per source, with the budget cap (one event loop: no locking needed).
+
+    Before a call starts, :meth:`reserve` estimates its cost from the prompt size at the highest cost per prompt
+    character seen so far (a conservative rate), and admits it only if spent + reserved for calls in flight + this
+    estimate stays within the caps. With a cap set, the very first call runs alone, as there is nothing to estimate
+    from yet.
+    """
 
     def __init__(
         self, price: Price | None, budget_usd: float | None = None, budget_tokens: int | None = None
@@ -86,9 +92,19 @@ class Ledger:
         self.by_source: dict[str, Counter[str]] = defaultdict(Counter)
         self._by_source_usd: dict[str, float] = defaultdict(float)
         self.budget_hit = False
+        self.reserved_usd = 0.0
+        self.reserved_tokens = 0.0
+        self._usd_per_char = 0.0
+        self._tokens_per_char = 0.0
+        self._max_usd = 0.0
+        self._max_tokens = 0
 
-    def record(self, usage: CallUsage, source: str) -> None:
-        """Add one document's spending."""
+    @property
+    def capped(self) -> bool:
+        return self.budget_usd is not None or self.budget_tokens is not None
+
+    def record(self, usage: CallUsage, source: str, size: int = 0) -> None:
+        """Add one document's spending (``size``: its prompt characters, to refine the estimates)."""
         cost = usage.cost(self.price)
         self.calls += 1
         self.requests += usage.requests
@@ -97,41 +113,56 @@ class Ledger:
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.retries.update(usage.retries)
+        self._max_usd = max(self._max_usd, cost)
+        self._max_tokens = max(self._max_tokens, usage.total_tokens)
+        if size > 0:
+            self._usd_per_char = max(self._usd_per_char, cost / size)
+            self._tokens_per_char = max(self._tokens_per_char, usage.total_tokens / size)
         s = self.by_source[source]
         s["calls"] += 1
         s["prompt_tokens"] += usage.prompt_tokens
         s["completion_tokens"] += usage.completion_tokens
         self._by_source_usd[source] += cost
 
-    def admit(self, inflight: int) -> str:
-        """``"go"`` when one more call fits the caps, ``"wait"`` until a first call gives a cost estimate, ``"stop"``.
+    def estimate(self, size: int) -> tuple[float, float]:
+        """Expected (USD, tokens) of a call with a ``size``-character prompt (conservative)."""
+        if size > 0 and self._tokens_per_char > 0:
+            return size * self._usd_per_char, size * self._tokens_per_char
+        return self._max_usd, float(self._max_tokens)
 
-        A call fits when spent + (in flight + 1) x mean cost per call stays within the caps. With a cap set, the very
-        first call runs alone (nothing to estimate from yet). Once ``"stop"``, always ``"stop"`` for the run.
-        """
+    def reserve(self, size: int, inflight: int) -> tuple[str, float, float]:
+        """Decide whether a call may start: ``("go", usd, tokens)`` reserves its estimate (give it back with
+        :meth:`release` when the call ends), ``("wait", 0, 0)`` until a first call gives an estimate, or
+        ``("stop", 0, 0)``; once stopped, always stopped for the run."""
         if self.budget_hit:
-            return "stop"
-        if self.budget_usd is None and self.budget_tokens is None:
-            return "go"
+            return "stop", 0.0, 0.0
+        if not self.capped:
+            return "go", 0.0, 0.0
         if self.calls == 0:
             if (self.budget_usd is not None and self.budget_usd <= 0) or (
                 self.budget_tokens is not None and self.budget_tokens <= 0
             ):
                 self.budget_hit = True
-                return "stop"
-            return "go" if inflight == 0 else "wait"
-        n = inflight + 1
-        if (
-            self.budget_usd is not None
-            and self.spent_usd + n * self.spent_usd / self.calls > self.budget_usd + 1e-12
-        ):
+                return "stop", 0.0, 0.0
+            return ("go", 0.0, 0.0) if inflight == 0 else ("wait", 0.0, 0.0)
+        usd, tok = self.estimate(size)
+        if self.budget_usd is not None and self.spent_usd + self.reserved_usd + usd > self.budget_usd + 1e-12:
             self.budget_hit = True
         if (
             self.budget_tokens is not None
-            and self.spent_tokens + n * self.spent_tokens / self.calls > self.budget_tokens
+            and self.spent_tokens + self.reserved_tokens + tok > self.budget_tokens
         ):
             self.budget_hit = True
-        return "stop" if self.budget_hit else "go"
+        if self.budget_hit:
+            return "stop", 0.0, 0.0
+        self.reserved_usd += usd
+        self.reserved_tokens += tok
+        return "go", usd, tok
+
+    def release(self, usd: float, tokens: float) -> None:
+        """Give back a reservation once its call has been recorded."""
+        self.reserved_usd = max(0.0, self.reserved_usd - usd)
+        self.reserved_tokens = max(0.0, self.reserved_tokens - tokens)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able spending of this run."""

@@ -5,7 +5,8 @@ up the others (no batch barriers). For each job a worker
 
 1. returns the stored answer when the content-addressed cache has it (free);
 2. claims the key (``flock``); if another run holds it, puts the job back to look again in ``poll_s`` seconds;
-3. asks the ledger whether one more call fits the budget (else the job ends as ``budget``, nothing is spent);
+3. asks the ledger whether the call's estimated cost fits the budget (else the job ends as ``budget``, nothing is
+   spent);
 4. calls the LLM with a fresh :class:`~.accounting.CallUsage` in the context, stores the answer atomically, and only
    then releases the claim.
 
@@ -41,6 +42,8 @@ class Job:
     key: str
     source: str
     payload: Any
+    size: int = 0
+    """Prompt characters (for the budget estimate)."""
 
 
 @dataclasses.dataclass
@@ -152,11 +155,13 @@ async def execute(
             entry = cache.get(job.key)  # it may have finished between our check and the claim
             if entry is not None:
                 return Outcome(job, "cached", entry)
-            while (decision := ledger.admit(state["inflight"])) == "wait":
+            while (reservation := ledger.reserve(job.size, state["inflight"]))[0] == "wait":
                 await asyncio.sleep(0.02)
+            decision, r_usd, r_tok = reservation
             if decision == "stop":
                 return Outcome(job, "budget", cause="budget", message="budget cap reached before this call")
             if fatal:
+                ledger.release(r_usd, r_tok)
                 return Outcome(job, "aborted", cause="endpoint", message=str(fatal[0]))
             usage = CallUsage()
             token = CURRENT_USAGE.set(usage)
@@ -165,23 +170,24 @@ async def execute(
                 value, meta = await call(job)
             except EndpointFatalError as e:
                 fatal.append(e)
-                ledger.record(usage, job.source)
+                ledger.record(usage, job.source, job.size)
                 return Outcome(job, "aborted", usage=usage, cause="endpoint", message=str(e))
             except Exception as e:
                 inner = find_in_chain(e, EndpointFatalError)
                 if inner is not None:
                     fatal.append(inner)  # type: ignore[arg-type]
-                    ledger.record(usage, job.source)
+                    ledger.record(usage, job.source, job.size)
                     return Outcome(job, "aborted", usage=usage, cause="endpoint", message=str(inner))
-                ledger.record(usage, job.source)
+                ledger.record(usage, job.source, job.size)
                 msg = (
                     e.message if isinstance(e, JobFailed) else str(e).splitlines()[0][:300] if str(e) else ""
                 )
                 return Outcome(job, "failed", usage=usage, cause=classify_failure(e), message=msg)
             finally:
                 state["inflight"] -= 1
+                ledger.release(r_usd, r_tok)
                 CURRENT_USAGE.reset(token)
-            ledger.record(usage, job.source)
+            ledger.record(usage, job.source, job.size)
             entry = {
                 "value": value,
                 "meta": meta,

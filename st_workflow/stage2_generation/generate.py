@@ -103,7 +103,10 @@ class PairGenerator:
         if task == QA:
             vctx["pairs"] = (bounds["lo"], bounds["hi"])
             vctx["document"] = normalize_whitespace(text)
-        return Job(key=key, source=doc.source, payload={"task": task, "messages": messages, "vctx": vctx})
+        size = sum(len(m["content"]) for m in messages)
+        return Job(
+            key=key, source=doc.source, payload={"task": task, "messages": messages, "vctx": vctx}, size=size
+        )
 
     # ------------------------------------------------------------------ the call
     async def call(self, job: Job, client: Any) -> tuple[dict[str, Any], dict[str, Any]]:

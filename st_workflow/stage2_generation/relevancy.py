@@ -73,7 +73,9 @@ class RelevancyJudge:
             max_doc_chars=self.cfg.max_doc_chars,
         )
         user = self.prompt.render(title=doc.title, source=doc.source, text=text)[1]["content"]
-        return Job(key=key, source=doc.source, payload={"prompt": user})
+        return Job(
+            key=key, source=doc.source, payload={"prompt": user}, size=len(user) + len(self.prompt.system)
+        )
 
     def agent(self, client: Any) -> Any:
         from st_workflow.stage2_generation.clients import relevancy_agent
