@@ -75,20 +75,35 @@ def jaccard(a: set[Any], b: set[Any]) -> float:
 
 
 # ---------------------------------------------------------------------- leakage index
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """64-bit hashes of the word ``n``-grams of the match-normalised text (one hash of all words when shorter).
+
+    Vectorised (a polynomial hash over per-word hashes), so indexing a benchmark corpus of thousands of documents
+    takes a moment, not minutes.
+    """
+    ws = _words(text)
+    if not ws:
+        return np.empty(0, dtype=np.uint64)
+    ids = np.fromiter((hash(w) for w in ws), dtype=np.int64, count=len(ws)).view(np.uint64)
+    k = min(n, len(ids))
+    out = np.zeros(len(ids) - k + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(k):
+            out = out * _MIX + ids[j : j + len(out)]
+    return out
+
+
 class LeakageIndex:
     """Normalised queries and word n-gram hashes of benchmark queries and corpora."""
 
     def __init__(self, queries: Iterable[str], texts: Iterable[str], n: int) -> None:
         self.n = n
         self.queries = {normalize_for_match(q) for q in queries if q}
-        hashes: list[int] = []
-        for t in texts:
-            ws = _words(t)
-            if len(ws) >= n:
-                hashes.extend(hash(" ".join(ws[i : i + n])) for i in range(len(ws) - n + 1))
-            elif ws:
-                hashes.append(hash(" ".join(ws)))
-        self.hashes = np.unique(np.asarray(hashes, dtype=np.int64))
+        parts = [ngram_hashes(t, n) for t in texts]
+        self.hashes = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
 
     @classmethod
     def from_dirs(cls, dirs: Iterable[Path], n: int) -> LeakageIndex:
@@ -109,16 +124,11 @@ class LeakageIndex:
 
     def overlap(self, text: str) -> float:
         """Share of ``text``'s word n-grams that occur in the benchmarks (short texts: all-or-nothing)."""
-        ws = _words(text)
-        if not ws or not len(self.hashes):
+        h = ngram_hashes(text, self.n)
+        if not len(h) or not len(self.hashes):
             return 0.0
-        if len(ws) >= self.n:
-            h = np.fromiter(
-                (hash(" ".join(ws[i : i + self.n])) for i in range(len(ws) - self.n + 1)), np.int64
-            )
-        else:
-            h = np.asarray([hash(" ".join(ws))], dtype=np.int64)
-        return float(np.isin(h, self.hashes, assume_unique=False).mean())
+        pos = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)
+        return float((self.hashes[pos] == h).mean())
 
     def leaks(self, c: Candidate, threshold: float) -> bool:
         if normalize_for_match(c.anchor) in self.queries:
