@@ -113,6 +113,8 @@ class Fault:
     route: str | None = None
     retry_after: str | None = None
     stall_s: float = 5.0
+    after: int = 0
+    """Let this many matching requests through untouched before failing (e.g. fail mid-way through paging)."""
 
 
 @dataclasses.dataclass
@@ -783,17 +785,18 @@ class ReplayServer:
         *,
         route: str | None = None,
         times: int = 1,
+        after: int = 0,
         retry_after: str | int | None = None,
         stall_s: float = 5.0,
     ) -> None:
-        """Make the next ``times`` requests on ``route`` (``cmr``/``pds``/``arxiv``; None: any) fail with ``kind``."""
+        """Make ``times`` requests on ``route`` (``cmr``/``pds``/``arxiv``; None: any) fail with ``kind``, after
+        letting ``after`` matching requests through (``after=1``: the first page succeeds, the next ones fail)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; use one of {FAULT_KINDS}")
+        ra = None if retry_after is None else str(retry_after)
         with self._lock:
-            for _ in range(times):
-                self._faults.append(
-                    Fault(kind, route, None if retry_after is None else str(retry_after), stall_s)
-                )
+            for i in range(times):
+                self._faults.append(Fault(kind, route, ra, stall_s, after if i == 0 else 0))
 
     def pending_faults(self) -> int:
         """Injected faults not yet consumed."""
@@ -809,6 +812,9 @@ class ReplayServer:
         with self._lock:
             for i, f in enumerate(self._faults):
                 if f.route in (None, route):
+                    if f.after > 0:
+                        f.after -= 1
+                        return None
                     del self._faults[i]
                     return f
         return None
