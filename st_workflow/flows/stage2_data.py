@@ -63,7 +63,7 @@ def stage2_data_flow(
     natural = clock.run("pairs-natural", natural_pairs_task, cfg, docs, holdout)
 
     synthetic = None
-    from st_workflow.stage2_generation import llm_configured, skip_reason
+    from st_workflow.stage2_generation import llm_configured, llm_skip_reason
 
     if llm_configured(cfg):
         judged = clock.run("llm-filter", relevancy_filter_task, cfg, docs)
@@ -71,8 +71,8 @@ def stage2_data_flow(
         if generated is not None:
             synthetic = clock.run("llm-gates", pair_gates_task, cfg, generated, docs, leak_dirs)
     else:
-        reason = skip_reason(cfg)
-        get_logger().info("LLM stages skipped: %s", reason)
+        reason = llm_skip_reason(cfg) or "no LLM endpoint configured"
+        get_logger().info(reason)
         for stage in ("llm-filter", "llm-pairs", "llm-gates"):
             clock.skipped(stage, reason)
 
