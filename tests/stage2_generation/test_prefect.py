@@ -1,0 +1,82 @@
+"""Inside Prefect: one global-concurrency slot per LLM request across runs, and the report artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from st_workflow.manifest import Manifest
+from st_workflow.stage2_generation import ARTIFACT_KEY, run_gates, run_generation
+from st_workflow.testing.openai_server import OpenAICompatServer
+
+from .conftest import make_cfg
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.slow
+def test_llm_requests_hold_prefect_slots_and_the_report_is_an_artifact(
+    prefect_api: None, tmp_path: Path, docs: list[Manifest], capfd: pytest.CaptureFixture[str]
+) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="llm-test", limit=2))
+
+    with OpenAICompatServer(latency=0.2) as srv:
+        common = (
+            "generation.filter.enabled=false",
+            "generation.execution.concurrency=6",
+            "generation.pairs.sources=[arxiv]",
+        )
+
+        @flow(name="st-llm-slots")
+        def limited() -> Manifest:
+            cfg = make_cfg(
+                tmp_path, srv.base_url, *common, "generation.execution.prefect_concurrency_limit=llm-test"
+            )
+            gm = run_generation(cfg, docs, None)
+            run_gates(cfg, gm, docs, [])
+            return gm
+
+        gm = limited()
+        assert gm.counts["generated"] == 12
+        assert srv.stats()["max_inflight"] <= 2  # 6 workers, but only 2 slots across the Prefect server
+
+        srv.reset()
+        capfd.readouterr()
+
+        @flow(name="st-llm-no-limit")
+        def unlimited() -> Manifest:
+            cfg = make_cfg(
+                tmp_path,
+                srv.base_url,
+                *common,
+                "run_name=u",
+                "cache_dir=" + str(tmp_path / "c2"),
+                "generation.execution.prefect_concurrency_limit=missing-limit",
+            )
+            return run_generation(cfg, docs, None)
+
+        unlimited()
+        assert srv.stats()["max_inflight"] > 2
+        out, err = capfd.readouterr()  # Prefect's run logger prints to the console
+        assert (out + err).count("'missing-limit' does not exist") == 1  # logged once, not per call
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
+        )
+    assert arts and arts[0].type == "table"
+    assert "pairs kept" in str(arts[0].data)
