@@ -307,7 +307,9 @@ def parse_label(data: bytes, label: str = "") -> dict[str, Any]:
     ctx = next((c for c in root if _local(c.tag) in CONTEXT_CLASSES), None)
     if ctx is not None:
         rec["context_type"] = _local(ctx.tag)
-        typ = _child(ctx, "type")  # the element's own type (as the bundled extraction took it), not ctli lists
+        typ = _child(
+            ctx, "type"
+        )  # the element's own type (as the bundled extraction took it), not ctli lists
         if _text(typ):
             rec["type"] = collapse(_text(typ) or "")
         name = _text(_child(ctx, "name"))

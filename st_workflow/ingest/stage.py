@@ -675,13 +675,16 @@ class _Job:
                 ):
                     by_id[c.id] = c
         newest = max(filter(None, [watermark, pager.newest]), default=None)
+        # Newest-first listings stay incremental even when max_results cut them: everything newer than the watermark
+        # was seen, and what is older than the cut is out of scope by configuration.
+        complete = pager.complete or src.api.incremental
         counts = {"fetched": len(by_id) + filtered}
         if prev is not None:
             prev_rows = {r["id"]: r for r in _previous_rows(prev, set(by_id))}
             changed = [c for k, c in by_id.items() if not _same(c, prev_rows.get(k))]
             if not changed:
                 atomic.write_json(
-                    self.out_dir / STATE, self._state(signature, newest, pager.complete, counts["fetched"])
+                    self.out_dir / STATE, self._state(signature, newest, complete, counts["fetched"])
                 )
                 self.log.info(
                     "ingest %s: no new or updated papers since %s; output unchanged", src.name, watermark
@@ -726,7 +729,7 @@ class _Job:
                 sink.add(c)
             return counts
 
-        state = self._state(signature, newest, pager.complete and src.max_records is None, counts["fetched"])
+        state = self._state(signature, newest, complete and src.max_records is None, counts["fetched"])
         return self._build(feed, cache_key=key, live=True, state=state)
 
 
