@@ -8,6 +8,23 @@ from pydantic import Field
 
 from st_workflow.config.base import PositiveInt, StrictModel
 
+#: The 13 NanoBEIR sets (``zeta-alpha-ai/Nano<name>``).
+NANOBEIR_DATASETS: list[str] = [
+    "ClimateFEVER",
+    "DBPedia",
+    "FEVER",
+    "FiQA2018",
+    "HotpotQA",
+    "MSMARCO",
+    "NFCorpus",
+    "NQ",
+    "QuoraRetrieval",
+    "SCIDOCS",
+    "ArguAna",
+    "SciFact",
+    "Touche2020",
+]
+
 
 class BenchmarkSpec(StrictModel):
     """A benchmark in BEIR layout: a local directory, a Hub dataset, or one this pipeline builds."""
@@ -17,11 +34,17 @@ class BenchmarkSpec(StrictModel):
     kind: Literal["local", "hf", "pipeline", "nanobeir"] = "local"
     """``local`` directory, ``hf`` dataset id, ``pipeline`` (the held-out in-domain benchmark), ``nanobeir`` (13 sets)."""
     path: str | None = None
-    """Directory (local) or dataset id (hf)."""
+    """Directory (local), dataset id or local dataset directory (hf), organisation or directory holding the
+    ``Nano<name>`` sets (nanobeir; unset: ``zeta-alpha-ai``)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of an ``hf``/``nanobeir`` benchmark."""
     split: str = "test"
-    """Qrels split (``qrels/<split>.tsv``)."""
+    """Qrels split (``qrels/<split>.tsv`` locally, the qrels split on the Hub)."""
     qrels_files: list[str] = Field(default_factory=list)
-    """Several qrels files evaluated against one corpus (e.g. ``qrels/title-description~cmr.tsv``); empty: the split."""
+    """Several qrels files evaluated against one corpus (e.g. ``qrels/title-description~cmr.tsv``; globs allowed:
+    ``qrels/*.tsv``); empty: the split."""
+    subsets: list[str] = Field(default_factory=list)
+    """nanobeir: which of the 13 sets (e.g. ``[SciFact, NFCorpus]``); empty: all."""
     corpus_config: str = "corpus"
     """Hub config holding the corpus."""
     queries_config: str = "queries"
@@ -34,6 +57,9 @@ class BenchmarkSpec(StrictModel):
     """A general-domain benchmark: promotion forbids regressing on it beyond the floor."""
     max_queries: PositiveInt | None = None
     """Evaluate on a seeded subset of queries (smoke runs)."""
+    on_unavailable: Literal["fail", "skip"] = "fail"
+    """When a Hub benchmark cannot be loaded (offline, unreachable, gated): fail the stage, or skip it with a
+    warning recorded in the eval manifest."""
 
 
 class Baseline(StrictModel):
@@ -51,11 +77,16 @@ class PromotionConfig(StrictModel):
     """Which checkpoint is promoted, reproducibly."""
 
     policy: Literal["balanced", "best_in_domain", "last"] = "balanced"
-    """``balanced``: best mean rank across benchmarks with a regression floor on general benchmarks."""
+    """``balanced``: best mean rank across benchmarks with a regression floor on general benchmarks;
+    ``best_in_domain``: best mean metric on the non-general benchmarks (no floor); ``last``: the last candidate."""
     metric: str = "ndcg@10"
     """Metric the policy ranks by."""
+    precision: Literal["float32", "int8", "binary", "binary_rescore"] = "float32"
+    """Precision whose metric the policy ranks by (must be among ``evaluation.precisions`` unless float32)."""
     max_general_regression: float = Field(default=0.02, ge=0)
     """Largest allowed drop against the base model on ``general`` benchmarks (absolute)."""
+    benchmarks: list[str] = Field(default_factory=list)
+    """Benchmarks the policy looks at; empty: every evaluated benchmark."""
 
 
 class EvaluationConfig(StrictModel):
@@ -71,6 +102,25 @@ class EvaluationConfig(StrictModel):
     """Cut-offs for every metric."""
     batch_size: PositiveInt = 64
     """Encoding batch size."""
+    score_function: Literal["cosine", "dot"] = "cosine"
+    """Similarity for float32/int8 search: ``cosine`` (embeddings L2-normalised, as MTEB) or raw ``dot``."""
+    devices: list[str] | None = None
+    """Encoding devices; several (e.g. ``[cuda:0, cuda:1]``) encode through a multi-process pool. Unset: every
+    visible GPU (a pool when there are several), else the model's default device."""
+    cache_embeddings: bool = True
+    """Cache corpus indexes under ``<cache_dir>/embeddings`` keyed by weights hash, corpus hash, max length and
+    precision."""
+    corpus_chunk_size: PositiveInt = 50_000
+    """Corpus rows scored per search step (bounds memory: query chunk x corpus chunk scores)."""
+    query_chunk_size: PositiveInt = 1024
+    """Queries scored per search step."""
+    binary_backend: Literal["auto", "native", "torch"] = "auto"
+    """Hamming kernel: ``native`` compiles a popcount kernel with the system C compiler (CPU), ``torch`` runs
+    anywhere (and on GPU); ``auto`` uses native on CPU when it builds."""
+    ignore_identical_ids: bool = False
+    """Drop a retrieved document whose id equals the query id (BEIR's default for ArguAna/Quora-style sets)."""
+    hub_timeout_s: float = Field(default=20.0, gt=0)
+    """Seconds to wait for the Hugging Face Hub to answer before a Hub benchmark counts as unavailable."""
     precisions: list[Literal["float32", "int8", "binary", "binary_rescore"]] = Field(
         default_factory=lambda: ["float32"]
     )

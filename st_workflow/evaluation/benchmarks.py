@@ -1,0 +1,522 @@
+"""Benchmarks in BEIR layout from a local directory, a Hugging Face dataset, NanoBEIR, or the pipeline's hold-out.
+
+Every source becomes the same in-memory :class:`Benchmark`: one or more :class:`Subset` (a corpus + queries +
+several qrels files), with the corpus laid out in trec_eval tie order (doc id descending) so that searches can break
+score ties by position. Each (subset, qrels file) pair is a :class:`Task`, the unit that is scored, dumped and reused.
+
+Hub loading is real ``datasets.load_dataset`` (``corpus``/``queries``/``qrels`` configs, or qrels files inside the
+repo), and the same code path loads a local dataset directory (a copy of the Hub repo: files plus a README with
+``configs``), which is how it is tested offline. An unreachable or uncached Hub dataset raises
+:class:`BenchmarkUnavailableError` within ``hub_timeout_s`` instead of hanging.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from st_workflow.beir import write_benchmark
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_benchmark(d, corpus=[("d1", "T", "x"), ("d2", "", "y")], queries=[("q1", "x?")],
+    ...                     qrels={"test": [("q1", "d1", 1)]})
+    >>> b = load_local(d, name="tiny")
+    >>> [t.id for t in b.tasks()], b.subsets[0].doc_ids, b.subsets[0].texts
+    (['test'], ['d2', 'd1'], ['y', 'T x'])
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from st_workflow.beir import qrels_files, read_corpus, read_qrels, read_queries
+from st_workflow.config.evaluation import NANOBEIR_DATASETS, BenchmarkSpec
+from st_workflow.hashing import stable_hash
+from st_workflow.resources import resolve_path
+
+logger = logging.getLogger(__name__)
+
+NANOBEIR_ORG = "zeta-alpha-ai"
+
+
+class BenchmarkUnavailableError(RuntimeError):
+    """A benchmark could not be loaded (Hub unreachable, offline and not cached, missing files...)."""
+
+
+# ---------------------------------------------------------------------------------------------- data model
+@dataclass
+class Subset:
+    """One corpus with its queries and one or more qrels files."""
+
+    name: str
+    """Empty for single-corpus benchmarks; ``NanoSciFact``... for NanoBEIR."""
+    doc_ids: list[str]
+    """Corpus ids in trec tie order (descending)."""
+    texts: list[str]
+    """``(title + " " + text).strip()`` per document, aligned with ``doc_ids``."""
+    queries: dict[str, str]
+    """Query id -> text (only queries some qrels file judges)."""
+    qrels: dict[str, dict[str, dict[str, int]]]
+    """Qrels name (file stem or split) -> ``{query_id: {doc_id: grade}}``."""
+    stats: dict[str, int] = field(default_factory=dict)
+    """Problems found while loading: ``missing_queries`` (judged but without text), ``missing_docs`` (judged but
+    not in the corpus; they still count as relevant, as in trec_eval), ``empty_docs``."""
+
+    @functools.cached_property
+    def corpus_hash(self) -> str:
+        from st_workflow.evaluation.embeddings import corpus_hash
+
+        return corpus_hash(self.doc_ids, self.texts)
+
+    def qrels_hash(self, name: str) -> str:
+        """Hash of one qrels file's judgements and of the texts of the queries it judges."""
+        q = self.qrels[name]
+        return stable_hash({"qrels": q, "queries": {qid: self.queries.get(qid) for qid in sorted(q)}})
+
+
+@dataclass(frozen=True)
+class Task:
+    """One scored unit: a subset's corpus against one qrels file."""
+
+    id: str
+    subset: Subset
+    qrels_name: str
+
+    @property
+    def qrels(self) -> dict[str, dict[str, int]]:
+        return self.subset.qrels[self.qrels_name]
+
+    @property
+    def query_ids(self) -> list[str]:
+        """Judged queries that have a text, sorted."""
+        return sorted(q for q in self.qrels if q in self.subset.queries)
+
+
+@dataclass
+class Benchmark:
+    """A named benchmark: what a dump file and a report column are about."""
+
+    name: str
+    source: str
+    """Directory or dataset id it was loaded from."""
+    subsets: list[Subset]
+    kind: str = "local"
+    general: bool = False
+    """A general-domain benchmark (promotion floor applies)."""
+    query_prompt: str | None = None
+    """Prompt prepended to every query."""
+
+    def tasks(self) -> list[Task]:
+        """Every (subset, qrels file); ids are ``qrels`` names, ``Subset`` names, or ``Subset/qrels``."""
+        out = []
+        for s in self.subsets:
+            for q in s.qrels:
+                if s.name and len(s.qrels) == 1:
+                    tid = s.name
+                elif s.name:
+                    tid = f"{s.name}/{q}"
+                else:
+                    tid = q
+                out.append(Task(tid, s, q))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Identity and sizes recorded in dumps."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "source": self.source,
+            "general": self.general,
+            "subsets": {
+                s.name: {
+                    "corpus_hash": s.corpus_hash,
+                    "docs": len(s.doc_ids),
+                    "qrels": {q: {"queries": len(v), "sha256": s.qrels_hash(q)} for q, v in s.qrels.items()},
+                    **({"problems": s.stats} if any(s.stats.values()) else {}),
+                }
+                for s in self.subsets
+            },
+        }
+
+
+# ---------------------------------------------------------------------------------------------- assembly
+def build_subset(
+    name: str,
+    corpus: Iterable[tuple[str, str, str]],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, Mapping[str, int]]],
+    *,
+    max_queries: int | None = None,
+    seed: int = 42,
+    label: str = "",
+) -> Subset:
+    """Assemble a :class:`Subset` from ``(doc_id, title, text)`` rows, queries and named qrels.
+
+    Judged queries without a text and judged documents missing from the corpus are counted (and logged), never
+    silently dropped from the denominators.
+    """
+    docs: dict[str, str] = {}
+    empty = 0
+    for doc_id, title, text in corpus:
+        t = ((title or "") + " " + (text or "")).strip()
+        empty += not t
+        docs[str(doc_id)] = t
+    ids = sorted(docs, reverse=True)
+    stats = {"missing_queries": 0, "missing_docs": 0, "empty_docs": empty}
+    kept_qrels: dict[str, dict[str, dict[str, int]]] = {}
+    rng = random.Random(seed)
+    for qname, judged in qrels.items():
+        table = {str(q): {str(d): int(g) for d, g in docs_.items()} for q, docs_ in judged.items() if docs_}
+        missing = [q for q in table if q not in queries]
+        stats["missing_queries"] += len(missing)
+        for q in missing:
+            del table[q]
+        stats["missing_docs"] += sum(1 for v in table.values() for d in v if d not in docs)
+        if max_queries is not None and len(table) > max_queries:
+            keep = sorted(rng.sample(sorted(table), max_queries))
+            table = {q: table[q] for q in keep}
+        kept_qrels[qname] = table
+    if stats["missing_queries"] or stats["missing_docs"]:
+        logger.warning(
+            "%s%s: %d judged queries have no text (skipped), %d judged documents are not in the corpus "
+            "(counted as relevant but never retrievable)",
+            label,
+            f"/{name}" if name else "",
+            stats["missing_queries"],
+            stats["missing_docs"],
+        )
+    needed = {q for t in kept_qrels.values() for q in t}
+    return Subset(
+        name=name,
+        doc_ids=ids,
+        texts=[docs[i] for i in ids],
+        queries={q: queries[q] for q in sorted(needed)},
+        qrels=kept_qrels,
+        stats=stats,
+    )
+
+
+def _expand_qrels(directory: Path, split: str, patterns: list[str]) -> list[Path]:
+    if not patterns:
+        p = directory / "qrels" / f"{split}.tsv"
+        if not p.is_file():
+            available = [q.name for q in qrels_files(directory)]
+            raise BenchmarkUnavailableError(f"{directory}: no qrels/{split}.tsv (available: {available})")
+        return [p]
+    out: list[Path] = []
+    for pattern in patterns:
+        matches = (
+            sorted(directory.glob(pattern)) if any(c in pattern for c in "*?[") else [directory / pattern]
+        )
+        missing = [m for m in matches if not m.is_file()]
+        if not matches or missing:
+            raise BenchmarkUnavailableError(f"{directory}: qrels file {pattern!r} not found")
+        out.extend(matches)
+    return out
+
+
+def load_local(
+    directory: str | Path,
+    *,
+    name: str,
+    split: str = "test",
+    qrels: list[str] | None = None,
+    max_queries: int | None = None,
+    seed: int = 42,
+    kind: str = "local",
+    general: bool = False,
+    query_prompt: str | None = None,
+) -> Benchmark:
+    """A BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``)."""
+    d = resolve_path(directory)
+    if not (d / "corpus.jsonl").is_file():
+        raise BenchmarkUnavailableError(f"benchmark {name!r}: {d} is not a BEIR directory (no corpus.jsonl)")
+    files = _expand_qrels(d, split, qrels or [])
+    corpus = read_corpus(d)
+    subset = build_subset(
+        "",
+        ((i, doc["title"], doc["text"]) for i, doc in corpus.items()),
+        read_queries(d),
+        {f.stem: read_qrels(f) for f in files},
+        max_queries=max_queries,
+        seed=seed,
+        label=name,
+    )
+    return Benchmark(name, str(d), [subset], kind=kind, general=general, query_prompt=query_prompt)
+
+
+# ---------------------------------------------------------------------------------------------- hub
+def hub_offline() -> bool:
+    """Whether the Hub may not be contacted (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``)."""
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def check_hub(repo_id: str, *, revision: str | None, timeout: float, name: str) -> None:
+    """Fail fast (within ``timeout``) with a clear message when the Hub cannot serve ``repo_id``."""
+    if hub_offline():
+        return
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().dataset_info(repo_id, revision=revision, timeout=timeout)
+    except Exception as e:
+        raise BenchmarkUnavailableError(
+            f"benchmark {name!r}: the Hugging Face Hub did not serve dataset {repo_id!r} within {timeout:g} s "
+            f"({type(e).__name__}: {str(e)[:200]}). Check the network and HF_TOKEN for gated sets, set "
+            "HF_HUB_OFFLINE=1 to use a cached copy, or set on_unavailable: skip for this benchmark."
+        ) from e
+
+
+def _load_split(
+    path: str,
+    config: str | None,
+    *,
+    preferred: list[str],
+    revision: str | None,
+    data_files: str | list[str] | None = None,
+    name: str,
+) -> Any:
+    from datasets import load_dataset
+
+    try:
+        dd = load_dataset(path, config, data_files=data_files, revision=revision)
+    except Exception as e:
+        what = f"config {config!r}" if config else f"files {data_files!r}" if data_files else "default config"
+        hint = (
+            " The Hub is switched off (HF_HUB_OFFLINE=1) and no cached copy exists."
+            if hub_offline() and not Path(path).exists()
+            else ""
+        )
+        raise BenchmarkUnavailableError(
+            f"benchmark {name!r}: cannot load {what} of {path!r} ({type(e).__name__}: {str(e)[:300]}).{hint}"
+        ) from e
+    for s in preferred:
+        if s and s in dd:
+            return dd[s]
+    if len(dd) == 1:
+        return next(iter(dd.values()))
+    raise BenchmarkUnavailableError(
+        f"benchmark {name!r}: {path!r} {config or ''} has splits {list(dd)}, none of {preferred}"
+    )
+
+
+def _column(ds: Any, *names: str, required: bool = True, what: str = "") -> list[Any] | None:
+    for n in names:
+        if n in ds.column_names:
+            if getattr(ds, "_indices", None) is None:
+                return ds.data.column(n).to_pylist()
+            return list(ds[n])
+    if required:
+        raise BenchmarkUnavailableError(f"{what}: none of the columns {list(names)} in {ds.column_names}")
+    return None
+
+
+def _qrels_from_dataset(ds: Any, what: str) -> dict[str, dict[str, int]]:
+    qids = _column(ds, "query-id", "query_id", "qid", what=what)
+    dids = _column(ds, "corpus-id", "corpus_id", "doc_id", "docid", what=what)
+    scores = _column(ds, "score", "relevance", "label", required=False, what=what)
+    out: dict[str, dict[str, int]] = {}
+    for i, (q, d) in enumerate(zip(qids or [], dids or [], strict=True)):
+        grade = int(float(scores[i])) if scores is not None and scores[i] is not None else 1
+        for doc in d if isinstance(d, list) else [d]:
+            out.setdefault(str(q), {})[str(doc)] = grade
+    return out
+
+
+def load_hub_subset(
+    path: str,
+    *,
+    name: str,
+    subset_name: str = "",
+    split: str = "test",
+    corpus_config: str = "corpus",
+    queries_config: str = "queries",
+    qrels_config: str | None = None,
+    qrels: list[str] | None = None,
+    revision: str | None = None,
+    hub_timeout_s: float = 20.0,
+    max_queries: int | None = None,
+    seed: int = 42,
+) -> Subset:
+    """One Hub (or local dataset directory) BEIR set through ``datasets.load_dataset``.
+
+    Qrels come from ``qrels`` files inside the repo (one task each), else the ``qrels_config`` (a config of
+    ``path``, or another dataset id when it contains ``/``), else the dataset ``<path>-qrels`` (BeIR layout).
+    """
+    local = Path(path).exists()
+    if not local:
+        check_hub(path, revision=revision, timeout=hub_timeout_s, name=name)
+    corpus_ds = _load_split(
+        path, corpus_config, preferred=[corpus_config, "corpus", "train", split], revision=revision, name=name
+    )
+    queries_ds = _load_split(
+        path,
+        queries_config,
+        preferred=[queries_config, "queries", "train", split],
+        revision=revision,
+        name=name,
+    )
+    what = f"benchmark {name!r} ({path})"
+    ids = _column(corpus_ds, "_id", "id", "doc_id", what=f"{what} corpus") or []
+    texts = _column(corpus_ds, "text", "body", "contents", what=f"{what} corpus") or []
+    titles = _column(corpus_ds, "title", required=False) or [""] * len(ids)
+    q_ids = _column(queries_ds, "_id", "id", "query_id", what=f"{what} queries") or []
+    q_texts = _column(queries_ds, "text", "query", what=f"{what} queries") or []
+    queries = {str(i): t or "" for i, t in zip(q_ids, q_texts, strict=True)}
+    named: dict[str, dict[str, dict[str, int]]] = {}
+    if qrels:
+        for f in qrels:
+            ds = _load_split(
+                path, None, preferred=["train", split], revision=revision, data_files=f, name=name
+            )
+            named[Path(f).stem] = _qrels_from_dataset(ds, f"{what} {f}")
+    else:
+        if qrels_config and "/" in qrels_config:
+            src, cfg_name = qrels_config, None
+        elif qrels_config:
+            src, cfg_name = path, qrels_config
+        else:
+            src, cfg_name = f"{path}-qrels", None
+            if not local:
+                check_hub(src, revision=None, timeout=hub_timeout_s, name=name)
+        ds = _load_split(
+            src, cfg_name, preferred=[split], revision=revision if src == path else None, name=name
+        )
+        named[split] = _qrels_from_dataset(ds, f"{what} qrels")
+    return build_subset(
+        subset_name,
+        zip(ids, titles, texts, strict=True),
+        queries,
+        named,
+        max_queries=max_queries,
+        seed=seed,
+        label=name,
+    )
+
+
+def nanobeir_sources(root: str | None, subsets: list[str] | None = None) -> dict[str, tuple[str, str | None]]:
+    """``{"NanoSciFact": (dataset path, split override)}`` for the requested NanoBEIR sets.
+
+    ``root`` is an organisation (``zeta-alpha-ai``: one dataset per set) or a directory holding ``Nano<name>``
+    dataset directories; a consolidated dataset such as ``sentence-transformers/NanoBEIR-en`` (one split per
+    set) is recognised by ``NanoBEIR`` in its name.
+    """
+    names = subsets or NANOBEIR_DATASETS
+    unknown = [n for n in names if n.removeprefix("Nano") not in NANOBEIR_DATASETS]
+    if unknown:
+        raise ValueError(f"unknown NanoBEIR sets {unknown}; known: {NANOBEIR_DATASETS}")
+    root = root or NANOBEIR_ORG
+    out = {}
+    for n in names:
+        full = "Nano" + n.removeprefix("Nano")
+        if "nanobeir" in Path(root).name.lower():
+            out[full] = (root, full)
+        else:
+            out[full] = (f"{root.rstrip('/')}/{full}", None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def load_benchmark(
+    spec: BenchmarkSpec,
+    *,
+    directory: str | Path | None = None,
+    seed: int = 42,
+    hub_timeout_s: float = 20.0,
+) -> Benchmark:
+    """Load a configured benchmark; ``directory`` is the built BEIR directory of a ``pipeline`` benchmark.
+
+    Raises:
+        BenchmarkUnavailableError: naming the benchmark and what could not be read, with a hint.
+    """
+    common = {"general": spec.general, "query_prompt": spec.query_prompt}
+    if spec.kind == "pipeline" or spec.kind == "local":
+        where = directory if spec.kind == "pipeline" else spec.path
+        if where is None:
+            raise BenchmarkUnavailableError(
+                f"benchmark {spec.name!r} ({spec.kind}): no directory "
+                + ("was built for it" if spec.kind == "pipeline" else "configured (path)")
+            )
+        return load_local(
+            where,
+            name=spec.name,
+            split=spec.split,
+            qrels=spec.qrels_files,
+            max_queries=spec.max_queries,
+            seed=seed,
+            kind=spec.kind,
+            **common,
+        )
+    if spec.kind == "hf":
+        if not spec.path:
+            raise BenchmarkUnavailableError(f"benchmark {spec.name!r} (hf): path (the dataset id) is not set")
+        path = str(resolve_path(spec.path)) if Path(spec.path).exists() else spec.path
+        subset = load_hub_subset(
+            path,
+            name=spec.name,
+            split=spec.split,
+            corpus_config=spec.corpus_config,
+            queries_config=spec.queries_config,
+            qrels_config=spec.qrels_config,
+            qrels=spec.qrels_files,
+            revision=spec.revision,
+            hub_timeout_s=hub_timeout_s,
+            max_queries=spec.max_queries,
+            seed=seed,
+        )
+        return Benchmark(spec.name, path, [subset], kind="hf", **common)
+    subsets = []
+    for set_name, (path, split_override) in nanobeir_sources(spec.path, spec.subsets).items():
+        subsets.append(
+            load_hub_subset(
+                path,
+                name=f"{spec.name}/{set_name}",
+                subset_name=set_name,
+                split=split_override or spec.split,
+                corpus_config="corpus",
+                queries_config="queries",
+                qrels_config=spec.qrels_config or "qrels",
+                revision=spec.revision,
+                hub_timeout_s=hub_timeout_s,
+                max_queries=spec.max_queries,
+                seed=seed,
+            )
+        )
+    return Benchmark(spec.name, spec.path or NANOBEIR_ORG, subsets, kind="nanobeir", **common)
+
+
+def spec_from_argument(
+    value: str,
+    *,
+    registry: list[BenchmarkSpec] | None = None,
+    split: str | None = None,
+    qrels_files: list[str] | None = None,
+) -> BenchmarkSpec:
+    """What the CLI's ``--benchmark`` names: a BEIR directory, a registry name, ``nanobeir``, or a dataset id."""
+    extra: dict[str, Any] = {}
+    if split:
+        extra["split"] = split
+    if qrels_files:
+        extra["qrels_files"] = qrels_files
+    for spec in registry or []:
+        if spec.name == value:
+            return spec.model_copy(update=extra)
+    p = resolve_path(value)
+    if (p / "corpus.jsonl").is_file():
+        return BenchmarkSpec(name=p.name, kind="local", path=str(p), **extra)
+    if value.lower() == "nanobeir":
+        return BenchmarkSpec(name="nanobeir", kind="nanobeir", **{"split": "train", **extra})
+    if p.is_dir():
+        return BenchmarkSpec(name=p.name, kind="hf", path=str(p), **extra)
+    if "/" in value and not value.startswith((".", "/")):
+        return BenchmarkSpec(name=value.split("/")[-1], kind="hf", path=value, **extra)
+    known = [s.name for s in registry or []]
+    raise BenchmarkUnavailableError(
+        f"--benchmark {value!r} is neither a BEIR directory, a benchmark of the config {known}, 'nanobeir', "
+        "nor a Hugging Face dataset id (owner/name)"
+    )

@@ -1,0 +1,220 @@
+"""The ``eval`` stage: every model x every configured benchmark, incremental, one dump per benchmark.
+
+``evaluate_stage(cfg, models, benchmark_dirs) -> Manifest`` follows the stage contract (docs/ARCHITECTURE.md): a
+cache key over the evaluation config, the models' weights hashes, the benchmark directories' contents and the code
+version; outputs only under ``cfg.stage_dir("eval")``; dumps rewritten atomically after every finished result;
+``manifest.json`` last.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+from st_workflow import atomic
+from st_workflow.config import PipelineConfig
+from st_workflow.config.evaluation import BenchmarkSpec
+from st_workflow.evaluation.benchmarks import Benchmark, BenchmarkUnavailableError, load_benchmark
+from st_workflow.evaluation.dumps import EvalDump, summarize
+from st_workflow.evaluation.embeddings import EmbeddingCache, model_hash
+from st_workflow.evaluation.evaluator import EvalSettings, RetrievalEvaluator
+from st_workflow.hashing import code_version, sha256_tree, stable_hash
+from st_workflow.manifest import Manifest, reusable
+
+logger = logging.getLogger(__name__)
+
+STAGE = "eval"
+
+
+def benchmark_specs(
+    cfg: PipelineConfig, benchmark_dirs: dict[str, Path]
+) -> list[tuple[BenchmarkSpec, Path | None]]:
+    """Configured benchmarks paired with their built directory (pipeline kind), plus built ones not configured.
+
+    A single unmatched ``pipeline`` spec takes a single unmatched built directory (the hold-out is built under
+    ``pairs.holdout.name``, which need not equal the spec's name).
+    """
+    dirs = {k: Path(v) for k, v in benchmark_dirs.items()}
+    out: list[tuple[BenchmarkSpec, Path | None]] = []
+    unmatched_specs = []
+    for spec in cfg.evaluation.benchmarks:
+        if spec.kind == "pipeline":
+            if spec.name in dirs:
+                out.append((spec, dirs.pop(spec.name)))
+            else:
+                unmatched_specs.append(len(out))
+                out.append((spec, None))
+        else:
+            out.append((spec, None))
+    if len(unmatched_specs) == 1 and len(dirs) == 1:
+        name, d = dirs.popitem()
+        i = unmatched_specs[0]
+        logger.info("benchmark %r: using the built benchmark %r at %s", out[i][0].name, name, d)
+        out[i] = (out[i][0], d)
+    for name, d in dirs.items():
+        out.append((BenchmarkSpec(name=name, kind="pipeline"), d))
+    return out
+
+
+def _model_prompts(cfg: PipelineConfig) -> dict[str, str]:
+    return {b.name: b.query_prompt for b in cfg.evaluation.baselines if b.query_prompt is not None}
+
+
+def _stage_key(
+    cfg: PipelineConfig, hashes: dict[str, str], specs: list[tuple[BenchmarkSpec, Path | None]]
+) -> str:
+    from st_workflow.resources import resolve_path
+
+    bench_ids: dict[str, Any] = {}
+    for spec, d in specs:
+        where = (
+            d if d is not None else (resolve_path(spec.path) if spec.kind == "local" and spec.path else None)
+        )
+        content = sha256_tree(where) if where is not None and Path(where).is_dir() else None
+        bench_ids[spec.name] = {"spec": spec.model_dump(mode="json"), "content": content}
+    return stable_hash(
+        {
+            "stage": STAGE,
+            "config": cfg.section_hash("evaluation"),
+            "models": hashes,
+            "benchmarks": bench_ids,
+            "code": code_version("evaluation", "models"),
+        }
+    )
+
+
+def evaluate_stage(
+    cfg: PipelineConfig,
+    models: dict[str, str],
+    benchmark_dirs: dict[str, Path],
+    *,
+    force: bool = False,
+) -> Manifest:
+    """Evaluate ``models`` (display name -> id or path) on every benchmark and return the ``eval`` manifest.
+
+    Args:
+        models: e.g. ``{"base": "sentence-transformers/all-MiniLM-L6-v2", "checkpoint-40": ".../checkpoint-40",
+            "fine_tuned": ".../model", "INDUS-ST": "nasa-impact/nasa-smd-ibm-st-v2"}``.
+        benchmark_dirs: built BEIR directories of the ``pipeline`` benchmarks, by name.
+        force: ignore the stage-level cache (finished results in the dumps are still reused).
+
+    Returns:
+        A manifest whose ``metrics`` are ``{model: {benchmark: {"ndcg@10": ..., ...}}}`` (see
+        :func:`st_workflow.evaluation.dumps.summarize` for the keys) and whose files are the dumps by benchmark
+        name, plus ``skipped`` when a benchmark could not be loaded and was configured to be skipped.
+    """
+    from st_workflow.models import load_model, resolve_model
+
+    ev = cfg.evaluation
+    out_dir = cfg.stage_dir(STAGE)
+    settings = EvalSettings.from_config(ev)
+    resolved = {name: resolve_model(m, cfg.cache_path) for name, m in models.items()}
+    hashes = {name: model_hash(models[name], resolved[name]) for name in models}
+    specs = benchmark_specs(cfg, benchmark_dirs)
+    key = _stage_key(cfg, hashes, specs)
+    if not force and (hit := reusable(out_dir, key)) is not None:
+        logger.info("eval: reusing %s (same models, benchmarks and settings)", out_dir)
+        return hit
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = EmbeddingCache(cfg.cache_path / "embeddings") if ev.cache_embeddings else None
+    evaluator = RetrievalEvaluator(settings, cache=cache, kernel_cache_dir=cfg.cache_path, devices=ev.devices)
+    benches: dict[str, Benchmark] = {}
+    skipped: dict[str, str] = {}
+    for spec, d in specs:
+        try:
+            benches[spec.name] = load_benchmark(
+                spec, directory=d, seed=cfg.seed, hub_timeout_s=ev.hub_timeout_s
+            )
+        except BenchmarkUnavailableError as e:
+            if spec.on_unavailable == "skip" or (spec.kind == "pipeline" and d is None):
+                logger.warning("eval: skipping benchmark %r: %s", spec.name, e)
+                skipped[spec.name] = str(e)
+                continue
+            raise
+
+    prompts = _model_prompts(cfg)
+    primary = list(dict.fromkeys([*ev.primary_metrics, ev.promotion.metric]))
+    counts = {"computed": 0, "reused": 0}
+    dumps = {name: EvalDump.load(out_dir / f"{name}.json") for name in benches}
+    for name, b in benches.items():
+        dumps[name].set_benchmark(b.describe())
+    for model_name, model_id in models.items():
+        model = None
+        for bench_name, bench in benches.items():
+            dump = dumps[bench_name]
+            prompt = prompts.get(model_name, bench.query_prompt)
+            dump.set_model(model_name, model=model_id, weights_hash=hashes[model_name])
+            todo: set[tuple[str, str]] = set()
+            for task in bench.tasks():
+                for p in settings.precisions:
+                    fp = settings.result_fingerprint(
+                        model_hash=hashes[model_name], task=task, precision=p, query_prompt=prompt
+                    )
+                    prev = dump.find(fp)
+                    if prev is not None:
+                        dump.put(model_name, task.id, p, prev)
+                        counts["reused"] += 1
+                    else:
+                        todo.add((task.id, p))
+            if todo:
+                if model is None:
+                    logger.info("eval: loading %s (%s)", model_name, model_id)
+                    model = load_model(model_id, cache_dir=cfg.cache_path)
+                logger.info("eval: %s on %s (%d task x precision)", model_name, bench_name, len(todo))
+
+                def _store(
+                    task_id: str, precision: str, result: Any, dump: EvalDump = dump, m: str = model_name
+                ) -> None:
+                    dump.put(m, task_id, precision, result)
+                    dump.save()
+
+                run = evaluator.evaluate(
+                    model,
+                    bench,
+                    model_hash=hashes[model_name],
+                    query_prompt=prompt,
+                    only=todo,
+                    on_result=_store,
+                )
+                dump.set_bytes(model_name, run.bytes_per_doc)
+                counts["computed"] += len(todo)
+            dump.save()
+        del model
+        gc.collect()
+
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for model_name in models:
+        for bench_name, bench in benches.items():
+            dump = dumps[bench_name]
+            metrics.setdefault(model_name, {})[bench_name] = summarize(
+                dump.results(model_name),
+                tasks=[t.id for t in bench.tasks()],
+                precisions=settings.precisions,
+                detail_metrics=primary,
+                bytes_per_doc=dump.bytes_per_doc(model_name),
+            )
+    files: dict[str, tuple[str, int | None] | str] = {name: f"{name}.json" for name in benches}
+    if skipped:
+        atomic.write_json(out_dir / "skipped.json", skipped)
+        files["skipped"] = "skipped.json"
+    manifest = Manifest.build(
+        stage=STAGE,
+        directory=out_dir,
+        files=files,
+        counts={
+            "models": len(models),
+            "benchmarks": len(benches),
+            "benchmarks_skipped": len(skipped),
+            "results_computed": counts["computed"],
+            "results_reused": counts["reused"],
+        },
+        metrics=metrics,
+        config_hash=cfg.section_hash("evaluation"),
+        code_version=code_version("evaluation", "models"),
+        cache_key=key,
+    )
+    manifest.write()
+    return manifest
