@@ -1,8 +1,9 @@
 """The stage-2 LLM report: a JSON summary (``llm-gates/summary.json``) and a Prefect table artifact.
 
 It answers what a data team asks after a regeneration: how many documents went in and were kept by the judge, how
-many pairs were generated and kept by each gate, what it cost (tokens, USD, USD per kept pair, per source), what
-this run spent beyond the cache, and what failed and why.
+many pairs were generated and kept by each gate, what the data cost (tokens, USD, USD per kept pair, per source; every
+answer counted once, cached or not), what the last run of each LLM stage spent on cache misses, and what failed and
+why (``last_run`` and ``failures_by_cause`` come from each stage's ``run_stats.json``).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def build_summary(
             "per_kept_pair": _ratio(filter_cost + gen_cost, kept_total),
             "by_source": by_source,
         },
-        "this_run": {
+        "last_run": {
             "filter": f_run.get("spent", {}),
             "generation": g_run.get("spent", {}),
         },
@@ -132,7 +133,7 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         {"metric": "cost USD per kept pair", "value": c["per_kept_pair"]},
         {
             "metric": "spent this run USD",
-            "value": round(sum(float(v.get("cost_usd", 0.0)) for v in summary["this_run"].values() if v), 6),
+            "value": round(sum(float(v.get("cost_usd", 0.0)) for v in summary["last_run"].values() if v), 6),
         },
     ]
     for stage, causes in summary["failures_by_cause"].items():

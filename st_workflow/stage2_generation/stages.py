@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from pydantic import SecretStr
 
 from st_workflow import atomic
 from st_workflow.config import PipelineConfig
@@ -95,15 +96,15 @@ def _endpoint_identity(cfg: PipelineConfig) -> dict[str, Any]:
 def _staging_dir(stage_dir: Path) -> Path:
     """A staging directory private to this process; stale ones of dead processes on this host are swept."""
     stage_dir.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
+    host = socket.gethostname().replace("-", "_")
     for old in stage_dir.glob(".staging-*"):
-        parts = old.name.split("-")
-        if len(parts) >= 4 and parts[1] == host:
+        prefix, pid, _ = [*old.name.rsplit("-", 2), "", ""][:3]
+        if prefix == f".staging-{host}" and pid.isdigit():
             try:
-                os.kill(int(parts[2]), 0)
+                os.kill(int(pid), 0)
             except ProcessLookupError:
                 shutil.rmtree(old, ignore_errors=True)
-            except (ValueError, PermissionError):
+            except PermissionError:
                 pass
     return stage_dir / f".staging-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -153,8 +154,22 @@ def _tok(table: pa.Table, col: str) -> int:
     return int(sum(v or 0 for v in table.column(col).to_pylist())) if table.num_rows else 0
 
 
+def _api_key(cfg: PipelineConfig, log: Any) -> SecretStr | None:
+    """Resolve the key in synchronous code (a Prefect Secret block cannot be loaded inside our event loop)."""
+    key = resolve_api_key(cfg.generation.endpoint)
+    if key is None:
+        ref = cfg.generation.endpoint.api_key
+        log.info(
+            "no API key configured (%s): requests carry a placeholder key, which local servers such as vLLM and "
+            "Ollama accept",
+            f"environment variable {ref.env} is unset" if ref.env else "generation.endpoint.api_key is empty",
+        )
+    return key
+
+
 async def _run_engine(
     cfg: PipelineConfig,
+    api_key: SecretStr | None,
     jobs: list[Job],
     namespace: str,
     ledger: Ledger,
@@ -166,7 +181,7 @@ async def _run_engine(
     gen = cfg.generation
     log = get_logger()
     slot = await prefect_slot_factory(gen.execution.prefect_concurrency_limit, log)
-    client = make_openai_client(gen, resolve_api_key(gen.endpoint), slot)
+    client = make_openai_client(gen, api_key, slot)
     try:
         call = make_call(client)
         return await execute(
@@ -278,9 +293,12 @@ def run_relevancy_filter(
         agent = judge.agent(client)
         return lambda job: judge.call(job, agent)
 
+    api_key = _api_key(cfg, log) if jobs else None
     try:
         stats = run_sync(
-            lambda: _run_engine(cfg, jobs, rel_mod.NAMESPACE, ledger, on_outcome, make_call, STAGE_FILTER)
+            lambda: _run_engine(
+                cfg, api_key, jobs, rel_mod.NAMESPACE, ledger, on_outcome, make_call, STAGE_FILTER
+            )
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -458,9 +476,12 @@ def run_generation(
         aclient = instructor_client(client, gen.pairs.mode)
         return lambda job: generator.call(job, aclient)
 
+    api_key = _api_key(cfg, log) if jobs else None
     try:
         stats = run_sync(
-            lambda: _run_engine(cfg, jobs, gen_mod.NAMESPACE, ledger, on_outcome, make_call, STAGE_PAIRS)
+            lambda: _run_engine(
+                cfg, api_key, jobs, gen_mod.NAMESPACE, ledger, on_outcome, make_call, STAGE_PAIRS
+            )
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

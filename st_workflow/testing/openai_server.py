@@ -385,6 +385,12 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     owner: OpenAICompatServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout) closes the socket before a slow answer is written: expected, not news.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class OpenAICompatServer:
     """The server, run in a background thread; use it as a context manager.
@@ -444,6 +450,16 @@ class OpenAICompatServer:
         self.stop()
 
     # ------------------------------------------------------------------ counts
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is being handled (slow answers to clients that timed out are still counted)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._stats.lock:
+                if self._stats.inflight == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
     def reset(self) -> None:
         """Forget every count (faults restart from the first request of each document)."""
         with self._stats.lock:
