@@ -25,6 +25,17 @@ from st_workflow.testing.openai_server import Faults, OpenAICompatServer
 
 from .conftest import SECRET, make_cfg, write_docs
 
+CLIENT_LOGGERS = (
+    "st_workflow",
+    "openai",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "instructor",
+    "pydantic_ai",
+)
+
 
 def _all_titles(doc_rows: dict[str, list[dict]]) -> dict[str, str]:
     return {r["title"]: s for s, rows in doc_rows.items() for r in rows}
@@ -144,7 +155,9 @@ def test_json_mode_recovers_from_every_fault(
         retries = run["spent"]["retries"]
         assert (retries["rate_limit"], retries["server_error"], retries["connection"]) == (n, n, n)
         assert retries["timeout"] >= n
-        answered = sum(c["answered"] for t in ("qa", "search_terms") for c in srv.stats()["by_task"][t].values())
+        answered = sum(
+            c["answered"] for t in ("qa", "search_terms") for c in srv.stats()["by_task"][t].values()
+        )
         # Our count excludes the answers that arrived after the client had timed out.
         assert run["spent"]["requests"] == answered - retries["timeout"]
 
@@ -201,8 +214,8 @@ def test_secrets_never_reach_logs_or_artifacts(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("ST_TEST_LLM_KEY", SECRET)
-    for name in ("st_workflow", "openai", "httpx", "httpx2", "httpcore", "httpcore2", "instructor", "pydantic_ai"):
-        caplog.set_level(logging.DEBUG, logger=name)  # the clients' debug logs (request options, headers) included
+    for name in CLIENT_LOGGERS:  # the clients' debug logs (request options, headers) included
+        caplog.set_level(logging.DEBUG, logger=name)
     with OpenAICompatServer(api_key=SECRET, faults=Faults(rate_limit=1, retry_after=0.01, invalid=1)) as srv:
         cfg = make_cfg(tmp_path, srv.base_url)
         fm = run_relevancy_filter(cfg, docs)
