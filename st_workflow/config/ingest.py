@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from st_workflow.config.base import PositiveInt, SecretRef, StrictModel
+from st_workflow.config.base import NonNegInt, PositiveInt, SecretRef, StrictModel
 
 
 class _SourceBase(StrictModel):
@@ -193,6 +193,11 @@ class IngestConfig(StrictModel):
     name, size and modification time, which is much cheaper and changes whenever the file is replaced."""
     batch_rows: PositiveInt = 20_000
     """Documents per Parquet row group (memory stays bounded by one batch while streaming)."""
+    workers: NonNegInt | None = None
+    """Processes that parse big arXiv snapshots in parallel (the output is identical); unset: one per CPU, at most
+    4, for snapshots over ``parallel_min_bytes``; 0 or 1: always in-process."""
+    parallel_min_bytes: PositiveInt = 64 * 1024 * 1024
+    """Snapshots smaller than this are parsed in-process (starting workers costs about a second)."""
 
     def source(self, name: str) -> SourceConfig:
         """The source called ``name``."""

@@ -8,7 +8,6 @@ from pydantic import Field
 
 from st_workflow.config.base import Fraction, PositiveInt, StrictModel
 
-
 CmrField = Literal[
     "Description",
     "Purpose",
@@ -47,13 +46,27 @@ class NaturalPairsConfig(StrictModel):
     max_positive_chars: PositiveInt = 4000
     """Truncate very long positives at a word boundary (the tokenizer truncates anyway; this keeps files small)."""
     cmr_fields: list[CmrField] = Field(
-        default_factory=lambda: ["Description", "Purpose", "Science keywords", "Platform", "Instrument", "Project"]
+        default_factory=lambda: [
+            "Description",
+            "Purpose",
+            "Science keywords",
+            "Platform",
+            "Instrument",
+            "Project",
+        ]
     )
     """"Label: value" lines of a CMR positive, in order (the original used Description, Purpose, Scientific
     Keywords, Phenomena, Data format, Instrument). Also available: ``Short name``, ``Location``, ``Keywords``,
     ``Data type``, ``DOI``."""
     pds_fields: list[PdsField] = Field(
-        default_factory=lambda: ["Description", "Type", "Target", "Investigation", "Instrument host", "Instrument"]
+        default_factory=lambda: [
+            "Description",
+            "Type",
+            "Target",
+            "Investigation",
+            "Instrument host",
+            "Instrument",
+        ]
     )
     """"Label: value" lines of a PDS positive, in order (the original used Description, Target, Repository,
     Investigation, Instrument). Also available: ``Telescope``, ``Facility``, ``Keywords``, ``Node``,

@@ -173,42 +173,48 @@ def snapshot_candidate(
 
 
 def _kaggle(obj: dict[str, Any], locator: str, prefixes: tuple[str, ...]) -> Candidate | Rejection | object:
-    cats_raw = obj.get("categories")
-    if cats_raw is None:
-        categories: list[str] = []
-    elif isinstance(cats_raw, str):
+    # The hot loop of a multi-GB snapshot: plain dict work, no helper calls on the common path.
+    get = obj.get
+    cats_raw = get("categories")
+    if type(cats_raw) is str:
         categories = cats_raw.split()
+    elif cats_raw is None:
+        categories = []
     else:
         return Rejection(
             WRONG_TYPE,
             "categories",
             f"categories is a {type(cats_raw).__name__}, expected a string",
             locator,
-            id=_str_or_none(obj.get("id")),
+            id=_str_or_none(get("id")),
             raw=obj,
         )
     if prefixes and not category_matches(categories, prefixes):
         return FILTERED
-    doc_id = obj.get("id")
-    versions = obj.get("versions")
-    created = None
-    if isinstance(versions, list) and versions and isinstance(versions[0], dict):
-        created = _str_or_none(versions[0].get("created"))
-    authors = obj.get("authors")
-    metadata = {
-        "kind": "arxiv",
-        "format": "kaggle",
-        "categories": categories,
-        "authors": authors[:MAX_AUTHORS_CHARS] if isinstance(authors, str) else None,
-        "doi": _str_or_none(obj.get("doi")),
-        "journal_ref": _str_or_none(obj.get("journal-ref")),
-        "created": created,
-        "update_date": _str_or_none(obj.get("update_date")),
-        "license": _str_or_none(obj.get("license")),
-    }
-    metadata = {k: v for k, v in metadata.items() if v is not None}
-    url = ABS_URL + doc_id if isinstance(doc_id, str) and doc_id else None
-    return Candidate(doc_id, obj.get("title"), obj.get("abstract"), url, metadata, locator, raw=obj)
+    doc_id = get("id")
+    meta: dict[str, Any] = {"kind": "arxiv", "format": "kaggle", "categories": categories}
+    authors = get("authors")
+    if type(authors) is str and authors:
+        meta["authors"] = authors if len(authors) <= MAX_AUTHORS_CHARS else authors[:MAX_AUTHORS_CHARS]
+    for key, out in _KAGGLE_OPTIONAL:
+        v = get(key)
+        if type(v) is str and v:
+            meta[out] = v
+    versions = get("versions")
+    if type(versions) is list and versions and type(versions[0]) is dict:
+        created = versions[0].get("created")
+        if type(created) is str and created:
+            meta["created"] = created
+    url = ABS_URL + doc_id if type(doc_id) is str and doc_id else None
+    return Candidate(doc_id, get("title"), get("abstract"), url, meta, locator, raw=obj)
+
+
+_KAGGLE_OPTIONAL = (
+    ("doi", "doi"),
+    ("journal-ref", "journal_ref"),
+    ("update_date", "update_date"),
+    ("license", "license"),
+)
 
 
 def _first(value: Any) -> Any:
@@ -286,7 +292,7 @@ def ensure_snapshot(path: Path, dataset: str) -> Path:
         raise SnapshotMissingError(
             steps + f"\nKaggle credentials found ({where}) but the 'kaggle' package is not installed."
         ) from None
-    from st_workflow.log import get_logger
+    from st_workflow.ingest.logs import logger as get_logger
 
     path.parent.mkdir(parents=True, exist_ok=True)
     get_logger().info("downloading Kaggle dataset %s into %s (several GB)", dataset, path.parent)

@@ -23,7 +23,7 @@ from st_workflow.config.ingest import ArxivApiConfig
 from st_workflow.ingest.arxiv import ABS_URL, FILTERED, MAX_AUTHORS_CHARS, category_matches
 from st_workflow.ingest.documents import Candidate
 from st_workflow.ingest.httpclient import HttpSourceError, RetryableBody, RetryingClient
-from st_workflow.log import get_logger
+from st_workflow.ingest.logs import logger as get_logger
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 ARXIV = "{http://arxiv.org/schemas/atom}"

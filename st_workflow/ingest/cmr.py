@@ -26,8 +26,8 @@ import orjson
 
 from st_workflow.ingest.documents import WRONG_TYPE, Candidate, Rejection
 from st_workflow.ingest.httpclient import HttpSourceError, RetryableBody, RetryingClient
+from st_workflow.ingest.logs import logger as get_logger
 from st_workflow.ingest.readers import iter_jsonl
-from st_workflow.log import get_logger
 
 COLLECTIONS_PATH = "search/collections.umm_json"
 PUBLIC_CMR = "https://cmr.earthdata.nasa.gov"

@@ -97,7 +97,7 @@ def document_hash(title: str, text: str) -> str:
 def excerpt(raw: Any, limit: int = _EXCERPT_CHARS) -> str:
     """A short printable excerpt of a raw record for the quarantine file."""
     if isinstance(raw, bytes | bytearray):
-        raw = bytes(raw[: limit * 4]).decode("utf-8", errors="replace")
+        raw = bytes(raw[: limit * 4]).rstrip(b"\r\n").decode("utf-8", errors="replace")
     elif not isinstance(raw, str):
         try:
             raw = orjson.dumps(raw, default=str).decode()
@@ -157,6 +157,73 @@ class Rejection:
     raw: Any = None
 
 
+ROW = "row"
+REJECT = "reject"
+Prepared = tuple[Any, ...]
+"""``(ROW, id, title, text, url, metadata_json, content_hash, locator)`` or
+``(REJECT, reason, field, detail, locator, id, raw_excerpt)``: plain tuples, cheap to send between processes."""
+
+
+def _reject(c: Candidate, reason: str, fld: str | None, detail: str, doc_id: str | None) -> Prepared:
+    return (REJECT, reason, fld, detail, c.locator, doc_id, c.raw)
+
+
+def rejection(r: Rejection) -> Prepared:
+    """A :class:`Rejection` in :data:`Prepared` form."""
+    return (REJECT, r.reason, r.field, r.detail, r.locator, r.id, r.raw)
+
+
+def prepare(c: Candidate, b: Bounds) -> Prepared:
+    """Validate and normalise one candidate without any state: the row to keep, or why it is quarantined.
+
+    Duplicates are not decided here (that needs what was kept before): see :meth:`DocumentSink.commit`.
+    """
+    doc_id = c.id
+    if type(doc_id) is not str:
+        if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+            doc_id = str(doc_id)
+        elif doc_id is None:
+            return _reject(c, MISSING_FIELD, "id", "the record has no id", None)
+        else:
+            return _reject(c, WRONG_TYPE, "id", f"id is a {type(doc_id).__name__}, expected a string", None)
+    doc_id = doc_id.strip()
+    if not doc_id:
+        return _reject(c, MISSING_FIELD, "id", "the record has no id", None)
+    title, text = c.title, c.text
+    for name, value in (("title", title), ("text", text)):
+        if value is None:
+            return _reject(c, MISSING_FIELD, name, f"the record has no {name}", doc_id)
+        if type(value) is not str:
+            return _reject(
+                c, WRONG_TYPE, name, f"{name} is a {type(value).__name__}, expected a string", doc_id
+            )
+    title = " ".join(title.split())
+    text = normalize_text(text)
+    if len(title) < b.min_title_chars:
+        detail = f"title has {len(title)} characters, fewer than {b.min_title_chars}"
+        return _reject(c, MISSING_FIELD if not title else TOO_SHORT, "title", detail, doc_id)
+    if len(text) < b.min_text_chars:
+        detail = f"text has {len(text)} characters, fewer than {b.min_text_chars}"
+        return _reject(c, MISSING_FIELD if not text else TOO_SHORT, "text", detail, doc_id)
+    if len(text) > b.max_text_chars:
+        return _reject(
+            c, TOO_LONG, "text", f"text has {len(text)} characters, more than {b.max_text_chars}", doc_id
+        )
+    if not (
+        title.isascii() and text.isascii()
+    ):  # isascii is O(1); only non-ASCII strings can hold lone surrogates
+        try:
+            title.encode("utf-8")
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return _reject(c, UNDECODABLE, "title or text", f"not valid Unicode: {e.reason}", doc_id)
+    try:
+        metadata = orjson.dumps(c.metadata).decode() if c.metadata else "{}"
+    except TypeError as e:
+        return _reject(c, WRONG_TYPE, "metadata", f"metadata is not JSON-serialisable: {e}", doc_id)
+    return (ROW, doc_id, title, text, c.url, metadata, document_hash(title, text), c.locator)
+
+
 @dataclass
 class SinkResult:
     """What a sink wrote: counts (``seen = kept + quarantined + duplicates + filtered``) and reasons."""
@@ -190,6 +257,8 @@ class DocumentSink:
         self._reasons: Counter[str] = Counter()
         self._quarantine_rows = 0
         self._closed = False
+        self._dedup_content = self.bounds.dedup_content
+        self._batch_rows = self.bounds.batch_rows
 
     # ------------------------------------------------------------------ state
     @property
@@ -214,8 +283,7 @@ class DocumentSink:
 
     def reject(self, r: Rejection) -> None:
         """Quarantine a broken record."""
-        self._counts["seen"] += 1
-        self._quarantine_entry(r.reason, r.field, r.detail, r.locator, r.id, r.raw)
+        self.commit(rejection(r))
 
     def carry(self, entry: dict[str, Any]) -> None:
         """Copy a quarantine entry of the previous ingest (a live source keeps its verdicts on records it did not
@@ -229,55 +297,37 @@ class DocumentSink:
 
     def add(self, c: Candidate) -> bool:
         """Validate one candidate; keep it (True) or quarantine it with the reason (False)."""
+        return self.commit(prepare(c, self.bounds))
+
+    def commit(self, prepared: Prepared) -> bool:
+        """Keep a row from :func:`prepare` unless its id or content was already kept, or quarantine a rejection.
+
+        This is the only stateful step (de-duplication and writing), so :func:`prepare` can run in worker processes
+        while one sink commits in input order.
+        """
         self._counts["seen"] += 1
-        doc_id = c.id
-        if isinstance(doc_id, int) and not isinstance(doc_id, bool):
-            doc_id = str(doc_id)
-        if doc_id is None or doc_id == "":
-            return self._bad(c, MISSING_FIELD, "id", "the record has no id", None)
-        if not isinstance(doc_id, str):
-            return self._bad(c, WRONG_TYPE, "id", f"id is a {type(doc_id).__name__}, expected a string", None)
-        doc_id = doc_id.strip()
-        title = self._string(c, c.title, "title", doc_id)
-        if title is None:
+        if prepared[0] != ROW:
+            _, reason, fld, detail, locator, doc_id, raw = prepared
+            self._quarantine_entry(reason, fld, detail, locator, doc_id, raw)
             return False
-        title = collapse(title)
-        text = self._string(c, c.text, "text", doc_id)
-        if text is None:
-            return False
-        text = normalize_text(text)
-        b = self.bounds
-        if len(title) < b.min_title_chars:
-            detail = f"title has {len(title)} characters, fewer than {b.min_title_chars}"
-            return self._bad(c, MISSING_FIELD if not title else TOO_SHORT, "title", detail, doc_id)
-        if len(text) < b.min_text_chars:
-            detail = f"text has {len(text)} characters, fewer than {b.min_text_chars}"
-            return self._bad(c, MISSING_FIELD if not text else TOO_SHORT, "text", detail, doc_id)
-        if len(text) > b.max_text_chars:
-            detail = f"text has {len(text)} characters, more than {b.max_text_chars}"
-            return self._bad(c, TOO_LONG, "text", detail, doc_id)
-        try:
-            title.encode("utf-8")
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return self._bad(c, UNDECODABLE, "title or text", f"not valid Unicode: {e.reason}", doc_id)
-        try:
-            metadata = orjson.dumps(c.metadata).decode() if c.metadata else "{}"
-        except TypeError as e:
-            return self._bad(c, WRONG_TYPE, "metadata", f"metadata is not JSON-serialisable: {e}", doc_id)
+        _, doc_id, title, text, url, metadata, chash, locator = prepared
         if doc_id in self._ids:
-            return self._bad(c, DUPLICATE_ID, "id", "a document with this id was already kept", doc_id)
-        chash = document_hash(title, text)
-        if self.bounds.dedup_content:
+            self._quarantine_entry(
+                DUPLICATE_ID, "id", "a document with this id was already kept", locator, doc_id, None
+            )
+            return False
+        if self._dedup_content:
             key = bytes.fromhex(chash[:32])
             if key in self._hashes:
-                return self._bad(
-                    c,
+                self._quarantine_entry(
                     DUPLICATE_CONTENT,
                     "title,text",
                     "same normalised title and text as a kept document",
+                    locator,
                     doc_id,
+                    None,
                 )
+                return False
             self._hashes.add(key)
         self._ids.add(doc_id)
         cols = self._cols
@@ -285,11 +335,11 @@ class DocumentSink:
         cols["source"].append(self.source)
         cols["title"].append(title)
         cols["text"].append(text)
-        cols["url"].append(c.url)
+        cols["url"].append(url)
         cols["metadata"].append(metadata)
         cols["content_hash"].append(chash)
         self._counts["kept"] += 1
-        if len(cols["id"]) >= self.bounds.batch_rows:
+        if len(cols["id"]) >= self._batch_rows:
             self._flush()
         return True
 
@@ -320,19 +370,6 @@ class DocumentSink:
         self._closed = True
 
     # ------------------------------------------------------------------ internals
-    def _string(self, c: Candidate, value: Any, name: str, doc_id: str) -> str | None:
-        if value is None:
-            self._bad(c, MISSING_FIELD, name, f"the record has no {name}", doc_id)
-            return None
-        if not isinstance(value, str):
-            self._bad(c, WRONG_TYPE, name, f"{name} is a {type(value).__name__}, expected a string", doc_id)
-            return None
-        return value
-
-    def _bad(self, c: Candidate, reason: str, fld: str | None, detail: str, doc_id: str | None) -> bool:
-        self._quarantine_entry(reason, fld, detail, c.locator, doc_id, c.raw)
-        return False
-
     def _quarantine_entry(
         self, reason: str, fld: str | None, detail: str, locator: str, doc_id: Any, raw: Any
     ) -> None:

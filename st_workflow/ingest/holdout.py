@@ -32,7 +32,7 @@ from st_workflow import atomic
 from st_workflow.beir import write_benchmark
 from st_workflow.config.root import PipelineConfig
 from st_workflow.hashing import code_version, combine_hashes, sha256_text, stable_hash
-from st_workflow.log import get_logger
+from st_workflow.ingest.logs import logger as get_logger
 from st_workflow.manifest import MANIFEST_NAME, Manifest, reusable
 from st_workflow.schemas import normalize_for_match
 

@@ -26,7 +26,7 @@ import httpx
 import orjson
 
 from st_workflow.config.ingest import RetryConfig
-from st_workflow.log import get_logger
+from st_workflow.ingest.logs import logger as get_logger
 
 T = TypeVar("T")
 

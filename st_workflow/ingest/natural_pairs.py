@@ -25,9 +25,9 @@ from st_workflow.config.root import PipelineConfig
 from st_workflow.hashing import code_version, combine_hashes, sha256_text, stable_hash
 from st_workflow.ingest.documents import collapse
 from st_workflow.ingest.holdout import eligible, read_heldout, selected_manifests, source_kind
+from st_workflow.ingest.logs import logger as get_logger
 from st_workflow.ingest.structured import natural_pair
 from st_workflow.leakage import BenchmarkTexts
-from st_workflow.log import get_logger
 from st_workflow.manifest import MANIFEST_NAME, Manifest, reusable
 from st_workflow.schemas import PAIR_SCHEMA, normalize_for_match, schema_dict
 

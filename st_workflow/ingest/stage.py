@@ -56,8 +56,9 @@ from st_workflow.ingest.documents import (
 )
 from st_workflow.ingest.generic import iter_hf, local_dataset_dir, row_candidate
 from st_workflow.ingest.httpclient import RetryingClient
+from st_workflow.ingest.logs import logger as get_logger
+from st_workflow.ingest.parallel import commit_all, prepared_arxiv
 from st_workflow.ingest.readers import Record, file_identity, iter_jsonl, iter_local
-from st_workflow.log import get_logger
 from st_workflow.manifest import MANIFEST_NAME, Manifest, reusable
 from st_workflow.resources import resolve_path
 from st_workflow.schemas import DOCUMENT_SCHEMA, schema_dict
@@ -67,6 +68,7 @@ DOCUMENTS = "documents.parquet"
 QUARANTINE = "quarantine.jsonl"
 STATE = "state.json"
 _OUR_FILES = {DOCUMENTS, QUARANTINE, STATE, MANIFEST_NAME}
+_NOT_IN_KEY = {"sources", "workers", "parallel_min_bytes"}  # they change how fast, not what is written
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -239,7 +241,7 @@ class _Job:
         self.ingest = ingest
         self.full_refresh = full_refresh
         self.bounds = Bounds.from_config(ingest)
-        bounds = ingest.model_dump(mode="json", exclude={"sources"})
+        bounds = ingest.model_dump(mode="json", exclude=_NOT_IN_KEY)
         self.config_hash = stable_hash({"source": source.model_dump(mode="json"), "bounds": bounds})
         self.code = code_version(STAGE)
         self.log = get_logger()
@@ -313,12 +315,19 @@ class _Job:
         if isinstance(src, ArxivSource):
             prefixes = tuple(src.categories)
             for path in self._snapshots():
-                self._stream(
-                    sink,
-                    iter_jsonl(path, b.max_record_bytes),
-                    lambda o, loc: arxiv.snapshot_candidate(o, loc, prefixes),
-                    path,
-                )
+                workers = self._workers(path)
+                if workers > 1:
+                    self.log.info(
+                        "ingest %s: parsing %s with %d worker processes", src.name, path.name, workers
+                    )
+                    commit_all(sink, prepared_arxiv(path, prefixes, b, workers))
+                else:
+                    self._stream(
+                        sink,
+                        iter_jsonl(path, b.max_record_bytes),
+                        lambda o, loc: arxiv.snapshot_candidate(o, loc, prefixes),
+                        path,
+                    )
                 if sink.full:
                     break
         elif isinstance(src, CmrSource):
@@ -356,6 +365,14 @@ class _Job:
                 lambda o, loc: row_candidate(o, loc, src.columns, "hf", {"dataset": src.dataset}),
             )
         return {}
+
+    def _workers(self, path: Path) -> int:
+        n = self.ingest.workers
+        if n is None:
+            if path.stat().st_size < self.ingest.parallel_min_bytes:
+                return 1
+            n = min(4, os.cpu_count() or 1)
+        return n
 
     def _stream(
         self,
@@ -468,7 +485,7 @@ class _Job:
                 "incremental_overlap_s",
             }  # how we ask, not what we ask for
             query = src.model_dump(mode="json", exclude=ignored)
-        bounds = self.ingest.model_dump(mode="json", exclude={"sources"})
+        bounds = self.ingest.model_dump(mode="json", exclude=_NOT_IN_KEY)
         return stable_hash({"query": query, "bounds": bounds, "code": self.code})
 
     def run_live(self) -> Manifest:

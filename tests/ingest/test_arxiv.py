@@ -14,6 +14,8 @@ import pytest
 from st_workflow.config.ingest import ArxivSource, IngestConfig
 from st_workflow.ingest import ingest_to_dir
 from st_workflow.ingest.arxiv import SnapshotMissingError, category_matches, subject_to_category
+from st_workflow.ingest.documents import Bounds
+from st_workflow.ingest.parallel import prepare_arxiv_block, prepared_arxiv
 
 ARXIV = "pkg://samples/arxiv/"
 KAGGLE_60 = ARXIV + "arxiv-metadata-oai-snapshot.head60.jsonl"
@@ -167,3 +169,18 @@ def test_missing_snapshot_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("KAGGLE_KEY", "k")
     with pytest.raises(SnapshotMissingError, match=r"st-workflow\[kaggle\]"):
         ingest_to_dir(src, tmp_path / "o")
+
+
+def test_parallel_parsing_writes_the_same_bytes(tmp_path: Path, samples_dir: Path) -> None:
+    """Worker processes (used for big snapshots) produce exactly what the line-by-line reader produces."""
+    snap = tmp_path / "arxiv-metadata-oai-snapshot.json"
+    _broken_snapshot(snap, samples_dir)
+    src = ArxivSource(name="arxiv", snapshot=[str(snap), ABS_519], categories=["hep-", "astro-ph"])
+    one = ingest_to_dir(src, tmp_path / "one", ingest=IngestConfig(max_record_bytes=4000, workers=1))
+    two = ingest_to_dir(src, tmp_path / "two", ingest=IngestConfig(max_record_bytes=4000, workers=2))
+    assert two.files == one.files and two.counts == one.counts and two.cache_key == one.cache_key
+    # Small blocks: many block boundaries, still every line once and in order.
+    bounds = Bounds(max_record_bytes=4000)
+    seq = list(prepared_arxiv(snap, ("hep-",), bounds, workers=2, block_bytes=2048))
+    inline = prepare_arxiv_block(snap.read_bytes(), 1, snap.name, ("hep-",), bounds)
+    assert seq == inline and len(seq) == 23
