@@ -280,16 +280,17 @@ def _load_split(
     revision: str | None,
     data_files: str | list[str] | None = None,
     name: str,
+    **builder_kwargs: Any,
 ) -> Any:
     from datasets import load_dataset
 
     try:
-        dd = load_dataset(path, config, data_files=data_files, revision=revision)
+        dd = load_dataset(path, config, data_files=data_files, revision=revision, **builder_kwargs)
     except Exception as e:
         what = f"config {config!r}" if config else f"files {data_files!r}" if data_files else "default config"
         hint = (
             " The Hub is switched off (HF_HUB_OFFLINE=1) and no cached copy exists."
-            if hub_offline() and not Path(path).exists()
+            if hub_offline() and not Path(path).exists() and not data_files
             else ""
         )
         raise BenchmarkUnavailableError(
@@ -303,6 +304,29 @@ def _load_split(
     raise BenchmarkUnavailableError(
         f"benchmark {name!r}: {path!r} {config or ''} has splits {list(dd)}, none of {preferred}"
     )
+
+
+def _load_file(path: str, file: str, *, revision: str | None, name: str) -> Any:
+    """One file inside a dataset repo (Hub or local copy), read with the builder its extension names.
+
+    A repo mixing formats (JSONL corpus, TSV qrels) cannot be read through one inferred builder, so files are
+    addressed directly: ``hf://datasets/<repo>@<revision>/<file>`` on the Hub.
+    """
+    from datasets.packaged_modules import _EXTENSION_TO_MODULE
+
+    ext = Path(file).suffix.lower()
+    if ext not in _EXTENSION_TO_MODULE:
+        raise BenchmarkUnavailableError(
+            f"benchmark {name!r}: cannot read qrels file {file!r} (unknown format)"
+        )
+    module, kwargs = _EXTENSION_TO_MODULE[ext]
+    if Path(path).exists():
+        url = str(Path(path) / file)
+        if not Path(url).is_file():
+            raise BenchmarkUnavailableError(f"benchmark {name!r}: {url} does not exist")
+    else:
+        url = f"hf://datasets/{path}{'@' + revision if revision else ''}/{file}"
+    return _load_split(module, None, preferred=["train"], revision=None, data_files=url, name=name, **kwargs)
 
 
 def _column(ds: Any, *names: str, required: bool = True, what: str = "") -> list[Any] | None:
@@ -371,9 +395,7 @@ def load_hub_subset(
     named: dict[str, dict[str, dict[str, int]]] = {}
     if qrels:
         for f in qrels:
-            ds = _load_split(
-                path, None, preferred=["train", split], revision=revision, data_files=f, name=name
-            )
+            ds = _load_file(path, f, revision=revision, name=name)
             named[Path(f).stem] = _qrels_from_dataset(ds, f"{what} {f}")
     else:
         if qrels_config and "/" in qrels_config:

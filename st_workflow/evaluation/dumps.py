@@ -167,6 +167,10 @@ def summarize(
                 ref = base_mean.get(m)
                 if ref and m in agg["mean"]:
                     flat[f"{p}/retention/{m}"] = agg["mean"][m] / ref
-        if bytes_per_doc and p in bytes_per_doc:
+        sizes = [results[t][p].get("bytes_per_doc") for t in per_task]
+        sizes = [float(b) for b in sizes if b is not None]
+        if sizes:
+            flat[prefix + "bytes_per_doc"] = math.fsum(sizes) / len(sizes)
+        elif bytes_per_doc and p in bytes_per_doc:
             flat[prefix + "bytes_per_doc"] = float(bytes_per_doc[p])
     return {k: v for k, v in flat.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -116,6 +116,8 @@ class TaskResult:
     n_queries_without_relevant: int
     fingerprint: str
     seconds: float = 0.0
+    bytes_per_doc: float | None = None
+    """Index bytes per document of the precision's index (so a reused result carries its size too)."""
 
     def as_ir(self) -> IRResult:
         return IRResult(self.metrics, self.n_queries, self.n_queries_without_relevant)
@@ -191,8 +193,13 @@ class RetrievalEvaluator:
         *,
         model_hash: str,
         timings: dict[str, float],
+        built: dict[str, CorpusIndex] | None = None,
     ) -> CorpusIndex:
-        """The subset's corpus index at ``storage`` precision, from the cache or freshly encoded/quantised."""
+        """The subset's corpus index at ``storage`` precision: already built in this call (``built``), from the
+        cache, or freshly encoded/quantised."""
+        built = {} if built is None else built
+        if storage in built:
+            return built[storage]
         max_len = self._max_seq_length(model)
         cosine = self.settings.score_function == "cosine"
         doc_prompt = (getattr(model, "prompts", None) or {}).get("document")
@@ -209,7 +216,9 @@ class RetrievalEvaluator:
             if hit is not None:
                 tensors, meta = hit
                 timings["corpus_cache_hits"] = timings.get("corpus_cache_hits", 0) + 1
-                return CorpusIndex.from_state(storage, int(meta["dim"]), tensors)  # type: ignore[arg-type]
+                index = CorpusIndex.from_state(storage, int(meta["dim"]), tensors)  # type: ignore[arg-type]
+                built[storage] = index
+                return index
         if storage == "float32":
             t0 = time.perf_counter()
             emb = encoder.encode(subset.texts, "document")
@@ -217,9 +226,10 @@ class RetrievalEvaluator:
             index = CorpusIndex.build(normalize(emb) if cosine else emb, "float32")
         else:
             base = self.corpus_index(
-                model, encoder, subset, "float32", model_hash=model_hash, timings=timings
+                model, encoder, subset, "float32", model_hash=model_hash, timings=timings, built=built
             )
             index = CorpusIndex.build(base.data, storage)
+        built[storage] = index
         rank, _ = distributed_world()
         if self.cache is not None and rank == 0:
             self.cache.save(
@@ -306,6 +316,7 @@ class RetrievalEvaluator:
                 )
                 if s.score_function == "cosine":
                     q_emb = normalize(q_emb)
+                built: dict[str, CorpusIndex] = {}
                 for precision in s.precisions:
                     p_tasks = [t for t in todo_tasks if (t.id, precision) in todo]
                     if not p_tasks:
@@ -317,6 +328,7 @@ class RetrievalEvaluator:
                         storage_precision(precision),
                         model_hash=model_hash,
                         timings=run.timings,
+                        built=built,
                     )
                     run.bytes_per_doc[precision] = index.bytes_per_doc
                     t0 = time.perf_counter()
@@ -338,6 +350,7 @@ class RetrievalEvaluator:
                                 model_hash=model_hash, task=task, precision=precision, query_prompt=prompt
                             ),
                             seconds=round(search_s / len(p_tasks) + time.perf_counter() - t1, 4),
+                            bytes_per_doc=index.bytes_per_doc,
                         )
                         run.results.setdefault(task.id, {})[precision] = result
                         if on_result is not None:
