@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from st_workflow.config.base import Fraction, PositiveInt, SecretRef, StrictModel
 
@@ -130,6 +130,12 @@ class PairGenerationConfig(StrictModel):
     """When the re-asks are spent, keep the structurally valid part of the last answer; the gates then drop the
     pairs that are still not verbatim or not standalone, and count them. False: the document fails."""
 
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> PairGenerationConfig:
+        _check_order(self.min_items, self.max_items, "min_items", "max_items")
+        _check_order(self.search_terms_min, self.search_terms_max, "search_terms_min", "search_terms_max")
+        return self
+
 
 class GatesConfig(StrictModel):
     """Pair-level quality gates, each reporting its yield."""
@@ -161,6 +167,18 @@ class GatesConfig(StrictModel):
     leakage_overlap: Fraction = 0.5
     """A pair leaks when at least this share of its anchor's or positive's n-grams occur in a benchmark's queries
     or corpus (or its anchor equals a benchmark query)."""
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> GatesConfig:
+        _check_order(self.min_query_chars, self.max_query_chars, "min_query_chars", "max_query_chars")
+        _check_order(self.min_context_chars, self.max_context_chars, "min_context_chars", "max_context_chars")
+        _check_order(self.min_term_chars, self.max_term_chars, "min_term_chars", "max_term_chars")
+        return self
+
+
+def _check_order(lo: float, hi: float, lo_name: str, hi_name: str) -> None:
+    if lo > hi:
+        raise ValueError(f"{lo_name} ({lo}) must not exceed {hi_name} ({hi})")
 
 
 class GenerationConfig(StrictModel):

@@ -188,3 +188,12 @@ def test_ledger_stops_before_crossing_the_budget() -> None:
     assert Ledger(price, budget_usd=0).reserve(1, 0)[0] == "stop"
     s = led.summary()
     assert s["by_source"]["arxiv"]["calls"] == 1 and s["cost_usd"] == 0.001 and s["budget_hit"]
+
+
+def test_config_rejects_inverted_bounds() -> None:
+    from st_workflow.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"min_items \(9\) must not exceed max_items \(3\)"):
+        load_config(None, ["generation.pairs.min_items=9", "generation.pairs.max_items=3"])
+    with pytest.raises(ConfigError, match="min_context_chars"):
+        load_config(None, ["generation.gates.min_context_chars=7000"])
