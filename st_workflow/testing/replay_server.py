@@ -18,7 +18,8 @@ end-to-end flow test and in demo-like configs. It is a real ``ThreadingHTTPServe
 
 Faults are injected on demand, consumed first-in first-out by the next matching requests: ``429`` (with
 ``Retry-After``), ``503``, ``stall`` (hold the response past the client's timeout), ``truncate`` (send half the body
-with a matching ``Content-Length``), ``drop`` (close the connection without answering). ``max_page_items`` makes every
+with a matching ``Content-Length``), ``drop`` (close the connection without answering), ``partial`` (CMR only: half
+the page with ``CMR-Time-Out: true``). ``max_page_items`` makes every
 page shorter than asked, as real servers may. Every request is logged in ``requests``.
 
 Example (tests, flows)::
@@ -101,7 +102,7 @@ CMR_PARAMS = {
     "sort_key[]",
     "version",
 }
-FAULT_KINDS = ("429", "503", "stall", "truncate", "drop")
+FAULT_KINDS = ("429", "503", "stall", "truncate", "drop", "partial")
 
 
 # ================================================================================================ faults and logs
@@ -871,6 +872,12 @@ class ReplayServer:
             self._closing.wait(fault.stall_s)
         if fault is not None and fault.kind == "truncate":
             body = body[: max(1, len(body) // 2)]
+        if fault is not None and fault.kind == "partial" and route == "cmr" and status == 200:
+            # CMR's answer to a query that hit its internal timeout: partial results, flagged by a header.
+            page = json.loads(body)
+            page["items"] = page.get("items", [])[: len(page.get("items", [])) // 2]
+            body = json.dumps(page).encode()
+            headers = {**headers, "CMR-Time-Out": "true"}
         self._send(h, logged, status, body, ctype, headers)
 
     def _send(

@@ -12,7 +12,7 @@ import pytest
 from st_workflow.config.ingest import CmrSource, RetryConfig
 from st_workflow.ingest import ingest_to_dir
 from st_workflow.ingest.cmr import CmrPager, umm_candidate
-from st_workflow.ingest.httpclient import HttpSourceError, RetryingClient
+from st_workflow.ingest.httpclient import HttpSourceError, RetryingClient, retry_after_seconds
 from st_workflow.testing.replay_server import ReplayServer
 
 CMR = "pkg://samples/cmr/"
@@ -80,7 +80,7 @@ def test_live_ingest_follows_search_after_with_short_pages(tmp_path: Path, fast_
     assert all(r.param("provider") == "ORNL_DAAC" for r in reqs)
 
 
-@pytest.mark.parametrize("fault", ["429", "503", "truncate", "drop", "stall"])
+@pytest.mark.parametrize("fault", ["429", "503", "truncate", "drop", "stall", "partial"])
 def test_faults_end_with_every_record_exactly_once(tmp_path: Path, fault: str) -> None:
     retry = RetryConfig(max_attempts=4, backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=1.0)
     with ReplayServer() as srv:
@@ -207,3 +207,10 @@ def test_failed_run_keeps_the_previous_output(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     assert first.is_valid()
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("later") is None
