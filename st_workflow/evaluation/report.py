@@ -142,6 +142,15 @@ def _plot_retention(
             labels.append(f"{m}\n{bench}")
             x += 1
     ax.axhline(100, color="grey", linewidth=1)
+    shown = [
+        v * 100
+        for per in metrics.values()
+        for vals in per.values()
+        for k, v in vals.items()
+        if k.endswith(f"/retention/{metric}")
+    ]
+    if shown:
+        ax.set_ylim(max(0.0, min(shown) - 10), max(102.0, max(shown) + 2))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
     ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel(f"{metric} retention vs float32 (%)")
