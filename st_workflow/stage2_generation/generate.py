@@ -21,7 +21,7 @@ from st_workflow.stage2_generation.cache import cache_key
 from st_workflow.stage2_generation.clients import sampling_kwargs
 from st_workflow.stage2_generation.documents import Doc
 from st_workflow.stage2_generation.engine import Job, JobFailed
-from st_workflow.stage2_generation.models import GeneratedPairs, SearchTerms, schema_hash
+from st_workflow.stage2_generation.models import VALIDATION_CONTEXT, GeneratedPairs, SearchTerms, schema_hash
 from st_workflow.stage2_generation.prompts import cut_text, item_bounds, load_prompt
 from st_workflow.stage2_generation.resilience import EndpointFatalError, TransportError, find_in_chain
 
@@ -115,12 +115,13 @@ class PairGenerator:
 
         p = job.payload
         model = self.models[p["task"]]
+        # Not Instructor's context=: that would also render the prompt as a Jinja template.
+        token = VALIDATION_CONTEXT.set(p["vctx"])
         try:
             obj = await client.create(
                 response_model=model,
                 messages=p["messages"],
                 max_retries=self.gen.execution.max_reasks,
-                context=p["vctx"],
                 model=self.model_name,
                 **self.sampling,
             )
@@ -129,14 +130,14 @@ class PairGenerator:
                 inner = find_in_chain(e, kind)
                 if inner is not None:
                     raise inner from None
-            salvaged = (
-                self._salvage(model, getattr(e, "last_completion", None), p["vctx"])
-                if (self.cfg.salvage_after_reasks)
-                else None
-            )
+            salvaged = None
+            if self.cfg.salvage_after_reasks:
+                salvaged = self._salvage(model, getattr(e, "last_completion", None), p["vctx"])
             if salvaged is not None:
                 return salvaged, {"status": "salvaged", "error": _first_line(e)}
             raise JobFailed("invalid_output", _first_line(e)) from None
+        finally:
+            VALIDATION_CONTEXT.reset(token)
         return obj.model_dump(mode="json"), {"status": "ok"}
 
     @staticmethod

@@ -1,6 +1,9 @@
 """The structured outputs the LLM must return, with validators that turn bad answers into precise re-asks.
 
-Validation is driven by the validation *context* (Instructor's ``context=``), so one schema serves every document:
+Validation is driven by a validation context, so one schema serves every document. It is given as pydantic's
+``context=`` or, for Instructor calls, through :data:`VALIDATION_CONTEXT` (Instructor's own ``context=`` would also
+render every message as a Jinja template, which mangles documents containing ``{{``, ``{%`` or ``{#`` - common in
+LaTeX):
 
 * ``pairs`` / ``terms``: ``(lo, hi)`` item bounds scaled to the document's length; fewer than ``lo`` is an error
   (re-ask), more than ``hi`` are cut (a re-ask would cost more than the surplus is worth);
@@ -23,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import re
 from typing import Any
@@ -43,8 +47,14 @@ _VAGUE = re.compile(
 _QUOTES = "\"'“”‘’«» "
 
 
+#: The validation context of the call the current asyncio task is making (see the module docstring).
+VALIDATION_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "st_validation_context", default=None
+)
+
+
 def _ctx(info: ValidationInfo) -> dict[str, Any]:
-    return info.context or {}
+    return info.context or VALIDATION_CONTEXT.get() or {}
 
 
 def strip_quotes(text: str) -> str:

@@ -272,3 +272,26 @@ def test_filter_after_generation(
     relevancy = sm.metrics["gates"][0]
     assert relevancy["gate"] == "relevancy" and relevancy["dropped"] > 0
     assert poor["id"] not in set(pq.read_table(sm.path("pairs")).column("doc_id").to_pylist())
+
+
+def test_latex_braces_reach_the_model_unchanged(tmp_path: Path, llm_server: OpenAICompatServer) -> None:
+    text = (
+        "We compute the one-loop correction $\\delta m = \\mathcal{O}(\\epsilon^{{2}})$ for the Higgs mass in the "
+        "minimal supersymmetric model. The template-like string {% raw %} and the comment marker {#1} appear in "
+        "the macro definitions of the appendix, which lists every counterterm. Numerical results are given for "
+        "stop masses between 500 GeV and 2 TeV, and the correction stays below four percent in that range. "
+        "The renormalisation scale dependence is reduced by a factor of three compared with the tree level."
+    )
+    docs = [
+        write_docs(
+            tmp_path / "ingest" / "arxiv",
+            [{"id": "x1", "source": "arxiv", "title": "MSSM Higgs mass", "text": text}],
+            "arxiv",
+        )
+    ]
+    cfg = make_cfg(tmp_path, llm_server.base_url, "generation.filter.enabled=false")
+    gm = run_generation(cfg, docs, None)
+    row = read_shards(gm.path("generated"), GENERATED_SCHEMA).to_pylist()[0]
+    assert row["status"] == "ok" and llm_server.calls("qa") == {"MSSM Higgs mass": 1}  # no re-ask needed
+    contexts = " ".join(p["context"] for p in row["question_context"])
+    assert "{{2}}" in contexts and "{% raw %}" in contexts
