@@ -66,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
             spec_from_argument(b, registry=ev.benchmarks, split=args.split, qrels_files=args.qrels)
             for b in args.benchmark
         ]
+        if args.qrels_config:
+            specs = [s.model_copy(update={"qrels_config": args.qrels_config}) for s in specs]
         benches = [
             load_benchmark(s, seed=cfg.seed, hub_timeout_s=args.hub_timeout or ev.hub_timeout_s)
             for s in specs
@@ -159,6 +161,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="qrels split (default: the config's, else 'test')")
     p.add_argument(
         "--qrels", action="append", default=None, help="qrels file(s) inside the benchmark (globs ok)"
+    )
+    p.add_argument(
+        "--qrels-config",
+        default=None,
+        help="Hub benchmarks: config (or dataset id) holding the qrels (default: <id>-qrels, else 'default')",
     )
     p.add_argument("--output", "-o", default=None, help="write the results as JSON here")
     p.add_argument("--config", default=None, help="pipeline config for the benchmark registry and defaults")

@@ -50,7 +50,8 @@ class BenchmarkSpec(StrictModel):
     queries_config: str = "queries"
     """Hub config holding the queries."""
     qrels_config: str | None = None
-    """Hub dataset (or config) holding the qrels; unset: ``<path>-qrels``."""
+    """Hub dataset (or config) holding the qrels; unset: ``<path>-qrels`` (BeIR), else the ``default`` config
+    (mteb)."""
     query_prompt: str | None = None
     """Prompt prepended to every query (for instruction-tuned models)."""
     general: bool = False

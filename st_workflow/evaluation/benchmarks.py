@@ -370,7 +370,8 @@ def load_hub_subset(
     """One Hub (or local dataset directory) BEIR set through ``datasets.load_dataset``.
 
     Qrels come from ``qrels`` files inside the repo (one task each), else the ``qrels_config`` (a config of
-    ``path``, or another dataset id when it contains ``/``), else the dataset ``<path>-qrels`` (BeIR layout).
+    ``path``, or another dataset id when it contains ``/``), else the dataset ``<path>-qrels`` (BeIR layout) or,
+    failing that, the ``default`` config of ``path`` (mteb layout).
     """
     local = Path(path).exists()
     if not local:
@@ -399,16 +400,32 @@ def load_hub_subset(
             named[Path(f).stem] = _qrels_from_dataset(ds, f"{what} {f}")
     else:
         if qrels_config and "/" in qrels_config:
-            src, cfg_name = qrels_config, None
+            sources: list[tuple[str, str | None]] = [(qrels_config, None)]
         elif qrels_config:
-            src, cfg_name = path, qrels_config
+            sources = [(path, qrels_config)]
         else:
-            src, cfg_name = f"{path}-qrels", None
-            if not local:
-                check_hub(src, revision=None, timeout=hub_timeout_s, name=name)
-        ds = _load_split(
-            src, cfg_name, preferred=[split], revision=revision if src == path else None, name=name
-        )
+            # BeIR keeps qrels in a sibling dataset ``<id>-qrels``; mteb/* in the ``default`` config.
+            sources = [(f"{path}-qrels", None), (path, "default")]
+        errors: list[str] = []
+        ds = None
+        for src, cfg_name in sources:
+            if Path(src).exists() or not local or src == path:
+                try:
+                    ds = _load_split(
+                        src,
+                        cfg_name,
+                        preferred=[split],
+                        revision=revision if src == path else None,
+                        name=name,
+                    )
+                    break
+                except BenchmarkUnavailableError as e:
+                    errors.append(str(e))
+        if ds is None:
+            raise BenchmarkUnavailableError(
+                f"benchmark {name!r}: no qrels found (tried {sources}); set qrels_config or qrels_files. "
+                + " | ".join(errors)
+            )
         named[split] = _qrels_from_dataset(ds, f"{what} qrels")
     return build_subset(
         subset_name,

@@ -83,22 +83,27 @@ def weights_hash(model_dir: str | Path) -> str:
 
 
 def model_hash(name_or_path: str, resolved: str | None = None) -> str:
-    """Weights hash of a model given by id or path; for a hub id, of its local snapshot when one is cached.
+    """Weights hash of a model given by id or path; for a hub id, of its snapshot (downloaded unless offline).
 
-    A hub id whose files are nowhere on disk falls back to a hash of the id (logged), which cannot tell two
-    revisions apart; load the model first (that caches it) to get a content hash.
+    A hub id whose files cannot be had falls back to a hash of the id (logged), which cannot tell two revisions
+    apart.
     """
     local = Path(resolved or name_or_path)
     if local.is_dir():
         return weights_hash(local)
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        snap = snapshot_download(name_or_path, local_files_only=True)
-        return weights_hash(snap)
-    except Exception:  # not cached locally, not a hub id, offline...
-        logger.warning("model %s has no local files to hash; its cache key uses the id only", name_or_path)
-        return stable_hash({"hub_id": name_or_path})
+    from st_workflow.evaluation.benchmarks import hub_offline
+
+    for local_only in (True, False):
+        if not local_only and hub_offline():
+            break
+        try:
+            return weights_hash(snapshot_download(name_or_path, local_files_only=local_only))
+        except Exception as e:  # not cached, not a hub id, unreachable...
+            logger.debug("no snapshot of %s (local_files_only=%s): %s", name_or_path, local_only, e)
+    logger.warning("model %s has no local files to hash; its cache key uses the id only", name_or_path)
+    return stable_hash({"hub_id": name_or_path})
 
 
 def module_hash(model: torch.nn.Module) -> str:

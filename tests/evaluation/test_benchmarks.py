@@ -94,7 +94,8 @@ def _hub_like_repo(root: Path, mini_beir: Path) -> Path:
 
 def test_hf_code_path_on_a_local_dataset_repo(tmp_path: Path, mini_beir: Path) -> None:
     repo = _hub_like_repo(tmp_path, mini_beir)
-    via_config = load_benchmark(BenchmarkSpec(name="hub", kind="hf", path=str(repo), qrels_config="default"))
+    # No qrels_config: no ``<repo>-qrels`` sibling, so the mteb layout's ``default`` config is used.
+    via_config = load_benchmark(BenchmarkSpec(name="hub", kind="hf", path=str(repo)))
     local = load_local(mini_beir, name="mini")
     assert via_config.subsets[0].doc_ids == local.subsets[0].doc_ids
     assert via_config.subsets[0].texts == local.subsets[0].texts
