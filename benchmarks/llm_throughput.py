@@ -4,8 +4,9 @@ Goal (issue 4): with latency L and concurrency C, 2,000 documents reach at least
 i.e. the sliding window keeps C calls in flight and our client-side work (Instructor parsing, validation, cache
 writes, Parquet shards) is not the bottleneck. The server runs as a separate process, as an endpoint would.
 
-    python benchmarks/llm_throughput.py                         # L = 0.5 s, C = 16 and 64, 2,000 documents
-    python benchmarks/llm_throughput.py --latency 0.25 --concurrency 8 32 --docs 500
+    python benchmarks/llm_throughput.py                         # L = 1 s, C = 16 and 64, 2,000 documents
+    python benchmarks/llm_throughput.py --latency 2 --concurrency 64 --append   # add rows to the same JSON
+    python benchmarks/llm_throughput.py --latency 0.25 --concurrency 8 32 --docs 500 --out /tmp/x.json
 
 The figure is documents / engine time (from the first call to the last answer stored); the stage's wall time
 (loading, consolidating shards, manifest) is reported beside it. Every run starts from an empty answer cache.
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,6 +97,7 @@ def write_docs(directory: Path, rows: list[dict[str, str]]) -> Manifest:
 
 
 def start_server(latency: float, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    work.mkdir(parents=True, exist_ok=True)
     port_file = work / "port"
     proc = subprocess.Popen(
         [
@@ -119,67 +122,98 @@ def start_server(latency: float, work: Path) -> tuple[subprocess.Popen[bytes], s
     return proc, f"http://127.0.0.1:{port_file.read_text()}/v1"
 
 
+def run_one(
+    work: Path,
+    docs: list[Manifest],
+    base_url: str,
+    latency: float,
+    c: int,
+    n: int,
+    mode: str,
+    run_generation: Any,
+) -> dict[str, Any]:
+    """One stage run at concurrency ``c`` from an empty answer cache."""
+    cfg = load_config(
+        None,
+        [
+            f"runs_dir={work / 'runs'}",
+            f"cache_dir={work / f'cache-{latency}-{c}'}",
+            f"run_name=l{latency}-c{c}",
+            f"generation.endpoint.base_url={base_url}",
+            "generation.endpoint.api_key.env=ST_BENCH_NO_KEY",
+            f"generation.execution.concurrency={c}",
+            "generation.execution.prefect_concurrency_limit=null",
+            "generation.execution.progress_every_s=30",
+            "generation.filter.enabled=false",
+            f"generation.pairs.mode={mode}",
+        ],
+    )
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    gm = run_generation(cfg, docs, None)
+    wall = time.perf_counter() - t0
+    assert gm is not None and gm.metrics["complete"], gm.counts if gm else None
+    engine = json.loads((Path(gm.directory) / "run_stats.json").read_text())["engine"]
+    rate = n / engine["elapsed_s"]
+    return {
+        "latency_s": latency,
+        "concurrency": c,
+        "documents": n,
+        "engine_s": engine["elapsed_s"],
+        "stage_wall_s": round(wall, 3),
+        "docs_per_s": round(rate, 2),
+        "ideal_docs_per_s": round(c / latency, 2),
+        "target_docs_per_s": round(0.9 * c / latency, 2),
+        "efficiency": round(rate / (c / latency), 3),
+        "meets_target": rate >= 0.9 * c / latency,
+        "generated": gm.counts["generated"],
+        "load_avg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--latency", type=float, default=0.5, help="server latency L in seconds")
+    ap.add_argument(
+        "--latency", type=float, nargs="+", default=[1.0], help="values of the server latency L (s)"
+    )
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64], help="values of C")
     ap.add_argument("--docs", type=int, default=2000)
     ap.add_argument("--mode", choices=["tools", "json"], default="tools")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "llm_throughput.json"))
+    ap.add_argument(
+        "--append", action="store_true", help="merge into --out (replacing rows with the same L and C)"
+    )
     args = ap.parse_args()
 
     from st_workflow.stage2_generation import run_generation
 
     work = Path(tempfile.mkdtemp(prefix="st-llm-bench-"))
     docs = [write_docs(work / "ingest", synthetic_docs(args.docs))]
-    proc, base_url = start_server(args.latency, work)
     results = []
     try:
-        for c in args.concurrency:
-            cfg = load_config(
-                None,
-                [
-                    f"runs_dir={work / 'runs'}",
-                    f"cache_dir={work / f'cache-{c}'}",
-                    f"run_name=c{c}",
-                    f"generation.endpoint.base_url={base_url}",
-                    "generation.endpoint.api_key.env=ST_BENCH_NO_KEY",
-                    f"generation.execution.concurrency={c}",
-                    "generation.execution.prefect_concurrency_limit=null",
-                    "generation.execution.progress_every_s=30",
-                    "generation.filter.enabled=false",
-                    f"generation.pairs.mode={args.mode}",
-                ],
-            )
-            t0 = time.perf_counter()
-            gm = run_generation(cfg, docs, None)
-            wall = time.perf_counter() - t0
-            assert gm is not None and gm.metrics["complete"], gm.counts if gm else None
-            engine = json.loads((Path(gm.directory) / "run_stats.json").read_text())["engine"]
-            rate = args.docs / engine["elapsed_s"]
-            target = 0.9 * c / args.latency
-            row = {
-                "concurrency": c,
-                "documents": args.docs,
-                "engine_s": engine["elapsed_s"],
-                "stage_wall_s": round(wall, 3),
-                "docs_per_s": round(rate, 2),
-                "ideal_docs_per_s": round(c / args.latency, 2),
-                "target_docs_per_s": round(target, 2),
-                "efficiency": round(rate / (c / args.latency), 3),
-                "meets_target": rate >= target,
-                "generated": gm.counts["generated"],
-            }
-            results.append(row)
-            print(json.dumps(row), flush=True)
+        for latency in args.latency:
+            proc, base_url = start_server(latency, work / f"server-{latency}")
+            try:
+                for c in args.concurrency:
+                    results.append(
+                        run_one(work, docs, base_url, latency, c, args.docs, args.mode, run_generation)
+                    )
+                    print(json.dumps(results[-1]), flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    if args.append and out.is_file():
+        done = {(r["latency_s"], r["concurrency"]) for r in results}
+        old = json.loads(out.read_text())["results"]
+        results = [r for r in old if (r["latency_s"], r["concurrency"]) not in done] + results
+    results.sort(key=lambda r: (r["latency_s"], r["concurrency"]))
     report = {
         "benchmark": "llm_throughput",
+        "goal": "docs_per_s >= 0.9 * C / L for 2,000 documents",
         "command": "python benchmarks/llm_throughput.py " + " ".join(sys.argv[1:]),
-        "latency_s": args.latency,
         "mode": args.mode,
         "machine": {
             "platform": platform.platform(),

@@ -20,9 +20,16 @@ Example:
     ...     srv.stats()["requests"]
     1
 
-Command line (the lead's Prefect integration test and the benchmarks run it as a separate process)::
+Command line (integration tests and benchmarks run it as a separate process)::
 
-    python -m st_workflow.testing.openai_server --port 0 --latency 0.05 --port-file /tmp/llm.port
+    python -m st_workflow.testing.openai_server --port 0 --latency 0.05 --port-file /tmp/llm.port \
+        [--rate-limit 1 --retry-after 0.1 --server-error 1 --drop 1 --invalid 1 ...] [--api-key-env VAR]
+
+It prints ``READY http://127.0.0.1:PORT/v1`` once listening and stops on SIGTERM/SIGINT. HTTP endpoints besides
+the OpenAI ones (``POST /v1/chat/completions``, ``GET /v1/models``): ``GET /health``; ``GET /_stats`` (requests,
+max in flight, tokens, and ``by_task[task][title]`` = ``{requests, answered, <fault>...}`` where ``answered`` counts
+paid answers; tasks are ``qa``, ``search_terms``, ``relevancy``); ``POST /_admin/faults`` (a :class:`Faults` as JSON);
+``POST /_admin/reset`` (zero the counts).
 """
 
 from __future__ import annotations
