@@ -194,8 +194,8 @@ class IngestConfig(StrictModel):
     batch_rows: PositiveInt = 20_000
     """Documents per Parquet row group (memory stays bounded by one batch while streaming)."""
     workers: NonNegInt | None = None
-    """Processes that parse big arXiv snapshots in parallel (the output is identical); unset: one per CPU, at most
-    4, for snapshots over ``parallel_min_bytes``; 0 or 1: always in-process."""
+    """Processes that parse big arXiv snapshots in parallel (the output is identical); unset: one per idle CPU (at
+    most 4; in-process when fewer than two are idle) for snapshots over ``parallel_min_bytes``; 0 or 1: in-process."""
     parallel_min_bytes: PositiveInt = 64 * 1024 * 1024
     """Snapshots smaller than this are parsed in-process (starting workers costs about a second)."""
 

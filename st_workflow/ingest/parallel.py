@@ -12,6 +12,7 @@ threads, and forking a threaded process is unsafe.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -34,6 +35,27 @@ from st_workflow.ingest.documents import (
 )
 
 BLOCK_BYTES = 4 * 1024 * 1024
+MAX_AUTO_WORKERS = 4
+
+
+def auto_workers(size: int, min_bytes: int) -> int:
+    """Worker processes for a snapshot of ``size`` bytes when ``ingest.workers`` is unset.
+
+    In-process below ``min_bytes``; else one per idle CPU (CPUs minus the 1-minute load average), at most
+    :data:`MAX_AUTO_WORKERS`. On a saturated machine the workers only add inter-process copying (measured: 27.5k
+    records per CPU-second in-process vs 20.4k with workers), so fewer than two idle CPUs means in-process.
+    """
+    if size < min_bytes:
+        return 1
+    cpus = os.cpu_count() or 1
+    try:
+        idle = cpus - os.getloadavg()[0]
+    except OSError:  # pragma: no cover - platforms without a load average
+        idle = cpus
+    n = min(MAX_AUTO_WORKERS, int(idle + 0.5))
+    return n if n >= 2 else 1
+
+
 FILTERED_MARK: Prepared = ("filtered",)
 
 

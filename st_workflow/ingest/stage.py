@@ -57,7 +57,7 @@ from st_workflow.ingest.documents import (
 from st_workflow.ingest.generic import iter_hf, local_dataset_dir, row_candidate
 from st_workflow.ingest.httpclient import RetryingClient
 from st_workflow.ingest.logs import logger as get_logger
-from st_workflow.ingest.parallel import commit_all, prepared_arxiv
+from st_workflow.ingest.parallel import auto_workers, commit_all, prepared_arxiv
 from st_workflow.ingest.readers import Record, file_identity, iter_jsonl, iter_local
 from st_workflow.manifest import MANIFEST_NAME, Manifest, reusable
 from st_workflow.resources import resolve_path
@@ -367,12 +367,9 @@ class _Job:
         return {}
 
     def _workers(self, path: Path) -> int:
-        n = self.ingest.workers
-        if n is None:
-            if path.stat().st_size < self.ingest.parallel_min_bytes:
-                return 1
-            n = min(4, os.cpu_count() or 1)
-        return n
+        if self.ingest.workers is not None:
+            return self.ingest.workers
+        return auto_workers(path.stat().st_size, self.ingest.parallel_min_bytes)
 
     def _stream(
         self,
