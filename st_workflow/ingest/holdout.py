@@ -118,7 +118,7 @@ def build_holdout(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifes
             "seed": cfg.seed,
         }
     )
-    code = code_version("ingest")
+    code = code_version("ingest", "beir", "schemas")  # the benchmark files are written by beir.py
     key = combine_hashes([STAGE, h.name, config_hash, *(m.content_hash for m in manifests), code])
     if (hit := reusable(out_dir, key)) is not None:
         get_logger().info(
