@@ -13,12 +13,15 @@ and speed go to ``run_stats.json`` beside the manifest and to the log.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import socket
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +203,20 @@ async def _run_engine(
         await client.close()
 
 
+@contextlib.contextmanager
+def stage_lock(stage_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a stage directory while a run writes its outputs and manifest (``flock``, so a killed
+    holder releases it)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(stage_dir / ".commit.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def _write_common(stage_dir: Path, failures: list[dict[str, Any]], run_stats: dict[str, Any]) -> None:
     atomic.write_jsonl(stage_dir / "failures.jsonl", failures)
     atomic.write_json(stage_dir / "run_stats.json", run_stats)
@@ -303,64 +320,71 @@ def run_relevancy_filter(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    writer.flush()
-    table = read_shards(staging, rel_mod.JUDGEMENT_SCHEMA)
-    table = table.sort_by([("source", "ascending"), ("doc_id", "ascending")]) if table.num_rows else table
-    write_table_atomic(stage_dir / "judgements.parquet", table)
-    shutil.rmtree(staging, ignore_errors=True)
+    with stage_lock(stage_dir):  # concurrent runs sharing this run directory commit one at a time
+        if cfg.orchestration.cache and not failures and (hit := reusable(stage_dir, key)) is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            log.info("llm-filter: another run completed this stage meanwhile; using its output")
+            return hit
+        writer.flush()
+        table = read_shards(staging, rel_mod.JUDGEMENT_SCHEMA)
+        table = table.sort_by([("source", "ascending"), ("doc_id", "ascending")]) if table.num_rows else table
+        write_table_atomic(stage_dir / "judgements.parquet", table)
+        shutil.rmtree(staging, ignore_errors=True)
 
-    kept_rows = [
-        {"source": s, "id": i}
-        for s, i, k in zip(
-            table.column("source").to_pylist(),
-            table.column("doc_id").to_pylist(),
-            table.column("kept").to_pylist(),
-            strict=True,
+        kept_rows = [
+            {"source": s, "id": i}
+            for s, i, k in zip(
+                table.column("source").to_pylist(),
+                table.column("doc_id").to_pylist(),
+                table.column("kept").to_pylist(),
+                strict=True,
+            )
+            if k
+        ]
+        kept_rows += [{"source": d.source, "id": d.id} for d in passed]
+        kept_rows.sort(key=lambda r: (r["source"], r["id"]))
+        atomic.write_json(
+            stage_dir / "kept_ids.json", {"keep": list(gen.filter.keep), "documents": kept_rows}
         )
-        if k
-    ]
-    kept_rows += [{"source": d.source, "id": d.id} for d in passed]
-    kept_rows.sort(key=lambda r: (r["source"], r["id"]))
-    atomic.write_json(stage_dir / "kept_ids.json", {"keep": list(gen.filter.keep), "documents": kept_rows})
-    failures.sort(key=lambda r: (r["source"], r["doc_id"]))
-    complete = not failures
-    qualities = Counter(q for q in table.column("quality").to_pylist() if q)
-    _write_common(stage_dir, failures, {"spent": ledger.summary(), "engine": stats.to_dict()})
-    counts = {
-        "documents": len(docs),
-        "judged": table.num_rows,
-        "kept": len(kept_rows),
-        "rejected": table.num_rows - (len(kept_rows) - len(passed)),
-        "passed_unjudged": len(passed),
-        "failed": sum(1 for f in failures if f["status"] in ("failed", "aborted")),
-        "skipped_budget": sum(1 for f in failures if f["status"] == "budget"),
-        **{f"quality:{q}": n for q, n in sorted(qualities.items())},
-    }
-    m = Manifest.build(
-        stage=STAGE_FILTER,
-        directory=stage_dir,
-        files={
-            "judgements": ("judgements.parquet", table.num_rows),
-            "kept_ids": ("kept_ids.json", len(kept_rows)),
-            "failures": ("failures.jsonl", len(failures)),
-        },
-        counts=counts,
-        schema=schema_dict(rel_mod.JUDGEMENT_SCHEMA),
-        metrics={
-            "complete": complete,
-            "model": gen.endpoint.model,
-            "prompt_version": judge.prompt_version,
-            "prompt_tokens": _tok(table, "prompt_tokens"),
-            "completion_tokens": _tok(table, "completion_tokens"),
-            "cost_usd": round(sum(table.column("cost_usd").to_pylist()) if table.num_rows else 0.0, 8),
-            "cost_by_source": _sum_by_source(table) if table.num_rows else {},
-        },
-        config_hash=stable_hash(gen.filter),
-        code_version=code_version(_CODE),
-        cache_key=key if complete else "",
-        upstream=doc_manifests,
-    )
-    m.write()
+        failures.sort(key=lambda r: (r["source"], r["doc_id"]))
+        complete = not failures
+        qualities = Counter(q for q in table.column("quality").to_pylist() if q)
+        _write_common(stage_dir, failures, {"spent": ledger.summary(), "engine": stats.to_dict()})
+        counts = {
+            "documents": len(docs),
+            "judged": table.num_rows,
+            "kept": len(kept_rows),
+            "rejected": table.num_rows - (len(kept_rows) - len(passed)),
+            "passed_unjudged": len(passed),
+            "failed": sum(1 for f in failures if f["status"] in ("failed", "aborted")),
+            "skipped_budget": sum(1 for f in failures if f["status"] == "budget"),
+            **{f"quality:{q}": n for q, n in sorted(qualities.items())},
+        }
+        m = Manifest.build(
+            stage=STAGE_FILTER,
+            directory=stage_dir,
+            files={
+                "judgements": ("judgements.parquet", table.num_rows),
+                "kept_ids": ("kept_ids.json", len(kept_rows)),
+                "failures": ("failures.jsonl", len(failures)),
+            },
+            counts=counts,
+            schema=schema_dict(rel_mod.JUDGEMENT_SCHEMA),
+            metrics={
+                "complete": complete,
+                "model": gen.endpoint.model,
+                "prompt_version": judge.prompt_version,
+                "prompt_tokens": _tok(table, "prompt_tokens"),
+                "completion_tokens": _tok(table, "completion_tokens"),
+                "cost_usd": round(sum(table.column("cost_usd").to_pylist()) if table.num_rows else 0.0, 8),
+                "cost_by_source": _sum_by_source(table) if table.num_rows else {},
+            },
+            config_hash=stable_hash(gen.filter),
+            code_version=code_version(_CODE),
+            cache_key=key if complete else "",
+            upstream=doc_manifests,
+        )
+        m.write()
     _log_done(log, STAGE_FILTER, counts, ledger, stats)
     return m
 
@@ -486,53 +510,58 @@ def run_generation(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    writer.flush()
-    n_rows = consolidate(
-        staging,
-        stage_dir / "generated",
-        gen_mod.GENERATED_SCHEMA,
-        ["source", "doc_id", "task"],
-        gen.execution.shard_size,
-    )
-    table = read_shards(stage_dir / "generated", gen_mod.GENERATED_SCHEMA)
-    failures.sort(key=lambda r: (r["source"], r["doc_id"]))
-    complete = not failures
-    _write_common(stage_dir, failures, {"spent": ledger.summary(), "engine": stats.to_dict()})
-    statuses = Counter(table.column("status").to_pylist())
-    counts = {
-        "documents_in": n_in,
-        "documents": len(docs),
-        "generated": n_rows,
-        "salvaged": statuses.get("salvaged", 0),
-        "failed": sum(1 for f in failures if f["status"] in ("failed", "aborted")),
-        "skipped_budget": sum(1 for f in failures if f["status"] == "budget"),
-        "question_context_pairs": sum(len(x or []) for x in table.column("question_context").to_pylist()),
-        "search_terms": sum(len(x or []) for x in table.column("search_terms").to_pylist()),
-    }
-    m = Manifest.build(
-        stage=STAGE_PAIRS,
-        directory=stage_dir,
-        files={"generated": ("generated", n_rows), "failures": ("failures.jsonl", len(failures))},
-        counts=counts,
-        schema=schema_dict(gen_mod.GENERATED_SCHEMA),
-        metrics={
-            "complete": complete,
-            "model": gen.endpoint.model,
-            "prompt_versions": {t: generator.prompt_version(t) for t in (gen_mod.QA, gen_mod.TERMS)},
-            "filter_applied": "before"
-            if (kept is not None and gen.filter_before_generation)
-            else ("after" if kept is not None else "none"),
-            "prompt_tokens": _tok(table, "prompt_tokens"),
-            "completion_tokens": _tok(table, "completion_tokens"),
-            "cost_usd": round(sum(table.column("cost_usd").to_pylist()) if n_rows else 0.0, 8),
-            "cost_by_source": _sum_by_source(table) if n_rows else {},
-        },
-        config_hash=stable_hash(gen.pairs),
-        code_version=code_version(_CODE),
-        cache_key=key if complete else "",
-        upstream=upstream,
-    )
-    m.write()
+    with stage_lock(stage_dir):  # concurrent runs sharing this run directory commit one at a time
+        if cfg.orchestration.cache and not failures and (hit := reusable(stage_dir, key)) is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            log.info("llm-pairs: another run completed this stage meanwhile; using its output")
+            return hit
+        writer.flush()
+        n_rows = consolidate(
+            staging,
+            stage_dir / "generated",
+            gen_mod.GENERATED_SCHEMA,
+            ["source", "doc_id", "task"],
+            gen.execution.shard_size,
+        )
+        table = read_shards(stage_dir / "generated", gen_mod.GENERATED_SCHEMA)
+        failures.sort(key=lambda r: (r["source"], r["doc_id"]))
+        complete = not failures
+        _write_common(stage_dir, failures, {"spent": ledger.summary(), "engine": stats.to_dict()})
+        statuses = Counter(table.column("status").to_pylist())
+        counts = {
+            "documents_in": n_in,
+            "documents": len(docs),
+            "generated": n_rows,
+            "salvaged": statuses.get("salvaged", 0),
+            "failed": sum(1 for f in failures if f["status"] in ("failed", "aborted")),
+            "skipped_budget": sum(1 for f in failures if f["status"] == "budget"),
+            "question_context_pairs": sum(len(x or []) for x in table.column("question_context").to_pylist()),
+            "search_terms": sum(len(x or []) for x in table.column("search_terms").to_pylist()),
+        }
+        m = Manifest.build(
+            stage=STAGE_PAIRS,
+            directory=stage_dir,
+            files={"generated": ("generated", n_rows), "failures": ("failures.jsonl", len(failures))},
+            counts=counts,
+            schema=schema_dict(gen_mod.GENERATED_SCHEMA),
+            metrics={
+                "complete": complete,
+                "model": gen.endpoint.model,
+                "prompt_versions": {t: generator.prompt_version(t) for t in (gen_mod.QA, gen_mod.TERMS)},
+                "filter_applied": "before"
+                if (kept is not None and gen.filter_before_generation)
+                else ("after" if kept is not None else "none"),
+                "prompt_tokens": _tok(table, "prompt_tokens"),
+                "completion_tokens": _tok(table, "completion_tokens"),
+                "cost_usd": round(sum(table.column("cost_usd").to_pylist()) if n_rows else 0.0, 8),
+                "cost_by_source": _sum_by_source(table) if n_rows else {},
+            },
+            config_hash=stable_hash(gen.pairs),
+            code_version=code_version(_CODE),
+            cache_key=key if complete else "",
+            upstream=upstream,
+        )
+        m.write()
     _log_done(log, STAGE_PAIRS, counts, ledger, stats)
     return m
 
@@ -665,43 +694,48 @@ def run_gates(
         ],
         schema=PAIR_SCHEMA,
     )
-    write_table_atomic(stage_dir / "pairs.parquet", pairs)
-    write_table_atomic(stage_dir / "rejected.parquet", pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA))
-    by_source = Counter(c.source for c in kept_pairs)
-    by_type = Counter(c.type for c in kept_pairs)
-    summary = build_summary(
-        filter_m, generated, gate_report, dict(by_source), dict(sorted(by_type.items())), len(cands)
-    )
-    atomic.write_json(stage_dir / "summary.json", summary)
-    counts = {
-        "generated_pairs": len(cands),
-        "pairs": pairs.num_rows,
-        "rejected": len(rejected),
-        **{f"type:{t}": n for t, n in sorted(by_type.items())},
-        **{f"source:{s}": n for s, n in sorted(by_source.items())},
-        **{f"gate:{r['gate']}:dropped": r["dropped"] for r in gate_report},
-    }
-    m = Manifest.build(
-        stage=STAGE_GATES,
-        directory=stage_dir,
-        files={
-            "pairs": ("pairs.parquet", pairs.num_rows),
-            "rejected": ("rejected.parquet", len(rejected)),
-            "summary": ("summary.json", None),
-        },
-        counts=counts,
-        schema=schema_dict(PAIR_SCHEMA),
-        metrics={
-            "gates": gate_report,
-            "cost_usd": summary["cost_usd"]["total"],
-            "cost_per_kept_pair_usd": summary["cost_usd"]["per_kept_pair"],
-        },
-        config_hash=stable_hash(g),
-        code_version=code_version(_CODE),
-        cache_key=key,
-        upstream=[generated, *doc_manifests, *([filter_m] if filter_m else [])],
-    )
-    m.write()
+    with stage_lock(stage_dir):
+        if cfg.orchestration.cache and (hit := reusable(stage_dir, key)) is not None:
+            return hit
+        write_table_atomic(stage_dir / "pairs.parquet", pairs)
+        write_table_atomic(
+            stage_dir / "rejected.parquet", pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)
+        )
+        by_source = Counter(c.source for c in kept_pairs)
+        by_type = Counter(c.type for c in kept_pairs)
+        summary = build_summary(
+            filter_m, generated, gate_report, dict(by_source), dict(sorted(by_type.items())), len(cands)
+        )
+        atomic.write_json(stage_dir / "summary.json", summary)
+        counts = {
+            "generated_pairs": len(cands),
+            "pairs": pairs.num_rows,
+            "rejected": len(rejected),
+            **{f"type:{t}": n for t, n in sorted(by_type.items())},
+            **{f"source:{s}": n for s, n in sorted(by_source.items())},
+            **{f"gate:{r['gate']}:dropped": r["dropped"] for r in gate_report},
+        }
+        m = Manifest.build(
+            stage=STAGE_GATES,
+            directory=stage_dir,
+            files={
+                "pairs": ("pairs.parquet", pairs.num_rows),
+                "rejected": ("rejected.parquet", len(rejected)),
+                "summary": ("summary.json", None),
+            },
+            counts=counts,
+            schema=schema_dict(PAIR_SCHEMA),
+            metrics={
+                "gates": gate_report,
+                "cost_usd": summary["cost_usd"]["total"],
+                "cost_per_kept_pair_usd": summary["cost_usd"]["per_kept_pair"],
+            },
+            config_hash=stable_hash(g),
+            code_version=code_version(_CODE),
+            cache_key=key,
+            upstream=[generated, *doc_manifests, *([filter_m] if filter_m else [])],
+        )
+        m.write()
     log.info(
         "llm-gates: %d of %d generated pairs kept (%s); cost $%.4f, $%s per kept pair",
         pairs.num_rows,

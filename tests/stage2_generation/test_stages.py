@@ -295,3 +295,35 @@ def test_latex_braces_reach_the_model_unchanged(tmp_path: Path, llm_server: Open
     assert row["status"] == "ok" and llm_server.calls("qa") == {"MSSM Higgs mass": 1}  # no re-ask needed
     contexts = " ".join(p["context"] for p in row["question_context"])
     assert "{{2}}" in contexts and "{% raw %}" in contexts
+
+
+def test_two_runs_in_one_run_directory_at_once(
+    tmp_path: Path, docs: list[Manifest], doc_rows: dict[str, list[dict]]
+) -> None:
+    import threading
+
+    with OpenAICompatServer(latency=0.05) as srv:
+        cfg = make_cfg(tmp_path, srv.base_url)
+        results: list[Manifest] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                fm = run_relevancy_filter(cfg, docs)
+                gm = run_generation(cfg, docs, fm)
+                results.append(run_gates(cfg, gm, docs, []))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        titles = set(_all_titles(doc_rows))
+        assert srv.calls("relevancy") == dict.fromkeys(titles, 1)
+        assert srv.calls("qa") + srv.calls("search_terms") == dict.fromkeys(titles, 1)
+        assert results[0].content_hash == results[1].content_hash
+        Manifest.read(cfg.stage_dir("llm-pairs")).verify(deep=True)
+        Manifest.read(cfg.stage_dir("llm-gates")).verify(deep=True)
