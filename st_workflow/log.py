@@ -9,7 +9,13 @@ _CONFIGURED = False
 
 
 def get_logger(name: str = "st_workflow") -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run logger when called inside a flow or task run, else a standard logger."""
+    """The Prefect run logger when called inside a flow or task run, else a standard logger.
+
+    Prefect is only consulted when it is already imported (importing it costs seconds in plain CLI use).
+    """
+    if "prefect" not in sys.modules:
+        setup_logging()
+        return logging.getLogger(name)
     try:
         from prefect.context import FlowRunContext, TaskRunContext
         from prefect.logging import get_run_logger

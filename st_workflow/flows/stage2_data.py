@@ -39,6 +39,9 @@ def _task_runner(cfg: PipelineConfig) -> Any:
     )
 
 
+LLM_STAGES = "llm-filter + llm-pairs + llm-gates"
+
+
 @flow(name="ingest-fanout")
 def ingest_fanout(cfg: PipelineConfig) -> list[Manifest]:
     """All enabled sources in parallel (threads, or Dask workers when the flow runs with a Dask task runner)."""
@@ -73,8 +76,7 @@ def stage2_data_flow(
     else:
         reason = llm_skip_reason(cfg) or "no LLM endpoint configured"
         get_logger().info(reason)
-        for stage in ("llm-filter", "llm-pairs", "llm-gates"):
-            clock.skipped(stage, reason)
+        clock.skipped(LLM_STAGES, reason)
 
     pairs = clock.run("pairs", assemble_pairs_task, cfg, [natural, synthetic], leak_dirs)
     return {

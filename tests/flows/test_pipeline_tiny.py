@@ -37,7 +37,8 @@ def test_tiny_pipeline_writes_report_and_summary(tiny_run) -> None:
     assert "| fine_tuned | in-domain |" in report
     assert (run_dir / "report_metrics.png").read_bytes()[:4] == b"\x89PNG"
     stages = {s["stage"]: s for s in summary["stages"]}
-    assert stages["llm-pairs"]["status"] == "skipped"
+    assert stages["llm-filter + llm-pairs + llm-gates"]["status"] == "skipped"
+    assert "no endpoint configured" in stages["llm-filter + llm-pairs + llm-gates"]["note"]
     assert result["promotion"]["promoted"] in {"base", "fine_tuned"} | {
         k for k in summary["models"] if k.startswith("checkpoint-")
     }
