@@ -49,6 +49,25 @@ def ingest_fanout(cfg: PipelineConfig) -> list[Manifest]:
     return ingest_task.map(unmapped(cfg), names).result()
 
 
+@flow(name="llm-fanout")
+def llm_fanout(cfg: PipelineConfig, docs: list[Manifest], leak_dirs: list[str]) -> list[Manifest]:
+    """Filter -> generate -> gates once per source, the sources in parallel (on Dask workers when configured).
+
+    With fan-out, ``generation.pairs.max_documents`` applies per source.
+    """
+    gated = []
+    for m in docs:
+        judged = relevancy_filter_task.submit(cfg, [m], shard=m.name)
+        generated = generate_pairs_task.submit(cfg, [m], judged, shard=m.name)
+        gated.append((generated, judged, m))
+    out = []
+    for generated, judged, m in gated:
+        g = generated.result()
+        if g is not None:
+            out.append(pair_gates_task.submit(cfg, g, [m], leak_dirs, judged, shard=m.name))
+    return [f.result() for f in out]
+
+
 @flow(name="stage2-data")
 def stage2_data_flow(
     config_path: str = "configs/demo.yaml",
@@ -65,20 +84,22 @@ def stage2_data_flow(
     leak_dirs = benchmark_dirs(cfg, holdout)
     natural = clock.run("pairs-natural", natural_pairs_task, cfg, docs, holdout)
 
-    synthetic = None
     from st_workflow.stage2_generation import llm_configured, llm_skip_reason
 
-    if llm_configured(cfg):
+    synthetic: list[Manifest | None] = []
+    if llm_configured(cfg) and runner is not None:
+        synthetic = clock.run("llm-gates", llm_fanout.with_options(task_runner=runner), cfg, docs, leak_dirs)
+    elif llm_configured(cfg):
         judged = clock.run("llm-filter", relevancy_filter_task, cfg, docs)
         generated = clock.run("llm-pairs", generate_pairs_task, cfg, docs, judged)
         if generated is not None:
-            synthetic = clock.run("llm-gates", pair_gates_task, cfg, generated, docs, leak_dirs)
+            synthetic = [clock.run("llm-gates", pair_gates_task, cfg, generated, docs, leak_dirs, judged)]
     else:
         reason = llm_skip_reason(cfg) or "no LLM endpoint configured"
         get_logger().info(reason)
         clock.skipped(LLM_STAGES, reason)
 
-    pairs = clock.run("pairs", assemble_pairs_task, cfg, [natural, synthetic], leak_dirs)
+    pairs = clock.run("pairs", assemble_pairs_task, cfg, [natural, *synthetic], leak_dirs)
     return {
         "documents": docs,
         "benchmark": holdout,

@@ -59,7 +59,7 @@ def holdout_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest
 
 @task(
     name="natural-pairs",
-    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("ingest", "schemas")),
+    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("ingest", "leakage", "beir", "schemas")),
     persist_result=True,
 )
 def natural_pairs_task(
@@ -87,12 +87,14 @@ _LLM_CACHE = ManifestCachePolicy(sections=("generation",), code=("stage2_generat
     retry_delay_seconds=[30, 120],
     retry_condition_fn=transient_error,
 )
-def relevancy_filter_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest | None:
-    """Judge each document's fitness for grounded QA (Pydantic AI)."""
-    from st_workflow.stage2_generation import run_relevancy_filter
+def relevancy_filter_task(
+    cfg: PipelineConfig, doc_manifests: list[Manifest], shard: str | None = None
+) -> Manifest | None:
+    """Judge each document's fitness for grounded QA (Pydantic AI); ``shard`` names a per-source fan-out slice."""
+    from st_workflow.stage2_generation import STAGE_FILTER, run_relevancy_filter
 
-    get_logger().info(banner("relevancy filter"))
-    m = run_relevancy_filter(cfg, doc_manifests)
+    get_logger().info(banner(f"relevancy filter {shard or ''}"))
+    m = run_relevancy_filter(cfg, doc_manifests, out_dir=_shard_dir(cfg, STAGE_FILTER, shard))
     if m is not None:
         publish_table(
             "relevancy-filter",
@@ -111,16 +113,19 @@ def relevancy_filter_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) ->
     retry_condition_fn=transient_error,
 )
 def generate_pairs_task(
-    cfg: PipelineConfig, doc_manifests: list[Manifest], filter_manifest: Manifest | None
+    cfg: PipelineConfig,
+    doc_manifests: list[Manifest],
+    filter_manifest: Manifest | None,
+    shard: str | None = None,
 ) -> Manifest | None:
     """Synthetic question/context pairs and search terms (Instructor)."""
-    from st_workflow.stage2_generation import run_generation
+    from st_workflow.stage2_generation import STAGE_PAIRS, run_generation
 
-    get_logger().info(banner("generate pairs"))
-    m = run_generation(cfg, doc_manifests, filter_manifest)
+    get_logger().info(banner(f"generate pairs {shard or ''}"))
+    m = run_generation(cfg, doc_manifests, filter_manifest, out_dir=_shard_dir(cfg, STAGE_PAIRS, shard))
     if m is not None:
         publish_table(
-            "generate-pairs",
+            f"generate-pairs{'-' + shard if shard else ''}",
             [{"stage": "generation", **m.counts, **_cost(m)}],
             "Documents, generated pairs, tokens and cost",
         )
@@ -129,17 +134,25 @@ def generate_pairs_task(
 
 @task(name="pair-gates", cache_policy=_LLM_CACHE, persist_result=True)
 def pair_gates_task(
-    cfg: PipelineConfig, generated: Manifest, doc_manifests: list[Manifest], benchmark_dirs: list[str]
+    cfg: PipelineConfig,
+    generated: Manifest,
+    doc_manifests: list[Manifest],
+    benchmark_dirs: list[str],
+    filter_manifest: Manifest | None = None,
+    shard: str | None = None,
 ) -> Manifest:
-    """Verbatim, dedup, leakage and length gates over the generated pairs."""
-    from st_workflow.stage2_generation import run_gates
+    """Verbatim, dedup, leakage and length gates; publishes the stage-2 summary (yields, tokens, cost)."""
+    from st_workflow.stage2_generation import STAGE_GATES, run_gates
 
-    get_logger().info(banner("pair gates"))
-    m = run_gates(cfg, generated, doc_manifests, [Path(d) for d in benchmark_dirs])
-    publish_table(
-        "pair-gates", [{"gate": k, "value": v} for k, v in m.counts.items()], "Yield of each pair gate"
+    get_logger().info(banner(f"pair gates {shard or ''}"))
+    return run_gates(
+        cfg,
+        generated,
+        doc_manifests,
+        [Path(d) for d in benchmark_dirs],
+        filter_manifest=filter_manifest,
+        out_dir=_shard_dir(cfg, STAGE_GATES, shard),
     )
-    return m
 
 
 @task(
@@ -161,6 +174,11 @@ def assemble_pairs_task(
         "Training pairs by type and source, with removals",
     )
     return m
+
+
+def _shard_dir(cfg: PipelineConfig, stage: str, shard: str | None) -> Path | None:
+    """Per-source directory of a fanned-out LLM stage (``<run>/<stage>/<source>``); None keeps the default."""
+    return cfg.stage_dir(stage) / shard if shard else None
 
 
 def _cost(m: Manifest) -> dict[str, float]:
