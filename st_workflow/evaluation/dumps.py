@@ -95,6 +95,12 @@ class EvalDump:
         else:
             old["model"] = model
 
+    def drop_if_empty(self, name: str) -> None:
+        """Forget ``name`` when it has no result (e.g. its model could not be loaded)."""
+        entry = self.data["models"].get(name)
+        if entry is not None and not any(entry.get("results", {}).values()):
+            del self.data["models"][name]
+
     def find(self, fingerprint: str) -> dict[str, Any] | None:
         """A stored result with this fingerprint, under any model name."""
         return self._by_fp.get(fingerprint)

@@ -253,7 +253,9 @@ class RetrievalEvaluator:
         k_search = min(kmax + (1 if self.settings.ignore_identical_ids else 0), len(index))
         if k_search == 0:
             return {q: [] for q in qids}
-        res = index.to(self.search_device).search(
+        if index.data.device != self.search_device:
+            index = index.to(self.search_device)
+        res = index.search(
             queries.to(self.search_device),
             k_search,
             mode=precision,

@@ -103,7 +103,8 @@ def evaluate_stage(
     Returns:
         A manifest whose ``metrics`` are ``{model: {benchmark: {"ndcg@10": ..., ...}}}`` (see
         :func:`st_workflow.evaluation.dumps.summarize` for the keys) and whose files are the dumps by benchmark
-        name, plus ``skipped`` when a benchmark could not be loaded and was configured to be skipped.
+        name, plus ``skipped`` when a benchmark could not be loaded and was configured to be skipped, or a
+        baseline model could not be loaded (keys ``model:<name>``; baselines never fail the stage).
     """
     from st_workflow.models import load_model, resolve_model
 
@@ -136,6 +137,8 @@ def evaluate_stage(
             raise
 
     prompts = _model_prompts(cfg)
+    baseline_names = {b.name for b in cfg.evaluation.baselines}
+    skipped_models: dict[str, str] = {}
     primary = list(dict.fromkeys([*ev.primary_metrics, ev.promotion.metric]))
     counts = {"computed": 0, "reused": 0}
     dumps = {name: EvalDump.load(out_dir / f"{name}.json") for name in benches}
@@ -162,7 +165,17 @@ def evaluate_stage(
             if todo:
                 if model is None:
                     logger.info("eval: loading %s (%s)", model_name, model_id)
-                    model = load_model(model_id, cache_dir=cfg.cache_path)
+                    try:
+                        model = load_model(model_id, cache_dir=cfg.cache_path)
+                    except Exception as e:
+                        if model_name not in baseline_names:
+                            raise
+                        # A baseline that cannot be had (offline, gated, removed) must not sink the run.
+                        logger.warning("eval: skipping baseline %r (%s): %s", model_name, model_id, e)
+                        skipped_models[model_name] = f"{type(e).__name__}: {str(e)[:300]}"
+                        for d in dumps.values():
+                            d.drop_if_empty(model_name)
+                        break
                 logger.info("eval: %s on %s (%d task x precision)", model_name, bench_name, len(todo))
 
                 def _store(
@@ -187,6 +200,8 @@ def evaluate_stage(
 
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     for model_name in models:
+        if model_name in skipped_models:
+            continue
         for bench_name, bench in benches.items():
             dump = dumps[bench_name]
             metrics.setdefault(model_name, {})[bench_name] = summarize(
@@ -197,8 +212,10 @@ def evaluate_stage(
                 bytes_per_doc=dump.bytes_per_doc(model_name),
             )
     files: dict[str, tuple[str, int | None] | str] = {name: f"{name}.json" for name in benches}
-    if skipped:
-        atomic.write_json(out_dir / "skipped.json", skipped)
+    if skipped or skipped_models:
+        atomic.write_json(
+            out_dir / "skipped.json", {**skipped, **{f"model:{k}": v for k, v in skipped_models.items()}}
+        )
         files["skipped"] = "skipped.json"
     manifest = Manifest.build(
         stage=STAGE,
@@ -208,13 +225,15 @@ def evaluate_stage(
             "models": len(models),
             "benchmarks": len(benches),
             "benchmarks_skipped": len(skipped),
+            "models_skipped": len(skipped_models),
             "results_computed": counts["computed"],
             "results_reused": counts["reused"],
         },
         metrics=metrics,
         config_hash=cfg.section_hash("evaluation"),
         code_version=code_version("evaluation", "models"),
-        cache_key=key,
+        # A skip may be transient (Hub down): such a manifest is never reused as is.
+        cache_key="" if skipped or skipped_models else key,
     )
     manifest.write()
     return manifest

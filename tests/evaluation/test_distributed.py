@@ -86,3 +86,20 @@ def test_encode_sharded_and_evaluation_under_torchrun(
     for k, v in expected.items():
         assert m0[k] == pytest.approx(v, abs=1e-6), k
     assert "mini_ndcg@10" in m0 and "mini_binary/ndcg@10" in m0
+
+
+def test_multi_process_pool_encoding_matches_single_process(tiny_model_path: Path, mini_beir: Path) -> None:
+    """Several devices (here two CPU workers, as two GPUs would be) encode through one reused process pool."""
+    from st_workflow.evaluation import Encoder, load_local
+    from st_workflow.models import load_model
+
+    texts = load_local(mini_beir, name="m").subsets[0].texts[:24]
+    model = load_model(str(tiny_model_path), device="cpu")
+    single = Encoder(model, batch_size=8).encode(texts, "document")
+    with Encoder(model, batch_size=8, devices=["cpu", "cpu"]) as enc:
+        pooled = enc.encode(texts, "document")
+        again = enc.encode(texts[:5], "query")
+        assert enc._pool is not None  # started once, reused
+    assert enc._pool is None
+    assert pooled.shape == single.shape and torch.allclose(pooled, single, atol=1e-5)
+    assert torch.allclose(again, single[:5], atol=1e-5)

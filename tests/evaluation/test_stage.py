@@ -145,11 +145,17 @@ def test_unavailable_benchmark_is_skipped_when_configured(
             BenchmarkSpec(name="in-domain", kind="pipeline").model_dump(),
         ],
         ks=[10],
+        baselines=[{"name": "ghost", "model": "st-workflow-tests/no-such-model"}],
     )
-    m = evaluate_stage(cfg, {"base": str(tiny_model_path)}, {})
-    assert m.counts["benchmarks"] == 1 and m.counts["benchmarks_skipped"] == 2
-    assert set(json.loads(m.path("skipped").read_text())) == {"hub", "in-domain"}
-    assert set(m.metrics["base"]) == {"mini"}
+    m = evaluate_stage(cfg, {"base": str(tiny_model_path), "ghost": "st-workflow-tests/no-such-model"}, {})
+    assert (
+        m.counts["benchmarks"] == 1
+        and m.counts["benchmarks_skipped"] == 2
+        and m.counts["models_skipped"] == 1
+    )
+    assert set(json.loads(m.path("skipped").read_text())) == {"hub", "in-domain", "model:ghost"}
+    assert set(m.metrics) == {"base"} and set(m.metrics["base"]) == {"mini"}
+    assert set(json.loads(m.path("mini").read_text())["models"]) == {"base"}
     strict = _cfg(
         cfg, benchmarks=[BenchmarkSpec(name="hub", kind="hf", path="st-workflow-tests/absent").model_dump()]
     )
