@@ -17,6 +17,7 @@ BASE_DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     # Route our own loggers (st_workflow.*) into the Prefect run log shown in the UI.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "st_workflow",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "DISABLE_MLFLOW_INTEGRATION": "TRUE",
 }
 

@@ -17,6 +17,12 @@ def _run(args: argparse.Namespace) -> int:
     print(f"st-workflow: running flow '{args.flow}' for run '{cfg.run_name}' on {where}", flush=True)
     from st_workflow.flows import FLOWS
 
+    ex = cfg.generation.execution
+    if cfg.generation.endpoint.configured and args.flow in ("pipeline", "stage2-data"):
+        from st_workflow.deployments import ensure_llm_concurrency_limit
+
+        ensure_llm_concurrency_limit(ex.prefect_concurrency_limit, ex.concurrency)
+
     t0 = time.perf_counter()
     result = FLOWS[args.flow](config_path=args.config, overrides=args.overrides)
     seconds = time.perf_counter() - t0

@@ -7,10 +7,22 @@ import argparse
 from st_workflow.cli.common import add_config_args, config_from_args
 
 
+def _ensure_limit(cfg) -> None:
+    from st_workflow.deployments import ensure_llm_concurrency_limit
+
+    ex = cfg.generation.execution
+    if ensure_llm_concurrency_limit(ex.prefect_concurrency_limit, ex.concurrency):
+        print(
+            f"LLM calls across runs are bounded by global concurrency limit "
+            f"'{ex.prefect_concurrency_limit}' (`prefect gcl inspect {ex.prefect_concurrency_limit}`)"
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from st_workflow.deployments import DEPLOYMENTS, serve_all
 
+    _ensure_limit(cfg)
     cron = None if args.no_schedule else cfg.orchestration.regenerate_cron
     names = ", ".join(d.full_name for d in DEPLOYMENTS)
     print(
@@ -25,6 +37,7 @@ def _deploy(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from st_workflow.deployments import DEPLOYMENTS, deploy_to_pool
 
+    _ensure_limit(cfg)
     pool = args.pool or cfg.orchestration.work_pool
     cron = None if args.no_schedule else cfg.orchestration.regenerate_cron
     ids = deploy_to_pool(pool, args.config, args.overrides, cron, cfg.orchestration.timezone)

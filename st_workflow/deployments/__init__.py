@@ -84,6 +84,33 @@ def _concurrency(spec: DeploymentSpec) -> Any:
     return ConcurrencyLimitConfig(limit=1, collision_strategy=strategy)
 
 
+def ensure_llm_concurrency_limit(name: str | None, limit: int) -> bool:
+    """Create the Prefect global concurrency limit that bounds LLM calls across all runs, if it does not exist.
+
+    Returns True when the limit exists afterwards. Without it the LLM stages run unbounded across runs (each run
+    still honours its own ``generation.execution.concurrency``).
+    """
+    if not name:
+        return False
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def _ensure() -> None:
+        async with get_client() as client:
+            try:
+                await client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    await client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=limit)
+                    )
+
+    run_coro_as_sync(_ensure())
+    return True
+
+
 def build_runner_deployments(
     config_path: str = "configs/demo.yaml",
     overrides: list[str] | None = None,

@@ -5,13 +5,15 @@ processes (Prefect #16185). Our tasks take a :class:`PipelineConfig` and :class:
 built from their *content*: the config sections the task reads, each manifest's ``content_hash``, the run directory
 and the code version of the stage's sub-package.
 
-A cached result is only trusted while its outputs are still on disk: if a stored manifest's files are gone or have
+A stage that reports ``metrics.complete == False`` (an LLM stage stopped by its budget or by failed calls) is never
+reused from Prefect's cache. A cached result is only trusted while its outputs are still on disk: if a stored manifest's files are gone or have
 changed, the key is diverted to one that includes the current disk state, so the task runs again (and its stage
 function then re-uses or rebuilds the outputs) instead of returning a manifest that points at nothing.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,11 @@ def _validated(task_ctx: Any, key: str) -> str:
         result = store.read(key).result
     except Exception:  # unreadable record: let Prefect decide with the plain key
         return key
-    if all(m.is_valid() for m in manifests_in(result)):
+    manifests = manifests_in(result)
+    if any(m.metrics.get("complete") is False for m in manifests):
+        # A stage that stopped early (budget cap, failed calls) must run again; its own caches make that cheap.
+        return stable_hash({"incomplete": key, "nonce": time.time_ns()})
+    if all(m.is_valid() for m in manifests):
         return key
     return stable_hash({"stale": key, "disk": _disk_state(result)})
 

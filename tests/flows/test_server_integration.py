@@ -58,7 +58,7 @@ def _config(tmp: Path, replay: ReplayServer, llm: OpenAICompatServer) -> Path:
         },
         "generation": {
             "endpoint": {"base_url": llm.base_url, "model": "local-stub"},
-            "execution": {"concurrency": 8, "backoff_base_s": 0.1, "prefect_concurrency_limit": None},
+            "execution": {"concurrency": 8, "backoff_base_s": 0.1, "prefect_concurrency_limit": "llm-calls"},
             "pairs": {"max_documents": 15},
         },
         "training": {"max_steps": 6},
@@ -75,6 +75,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         st.env["OPENAI_API_KEY"] = SECRET
         st.cli("work-pool", "create", "st-workflow-process", "--type", "process")
         st.cli("--no-prompt", "deploy", "--all")
+        st.cli("gcl", "create", "llm-calls", "--limit", "4")  # bounds LLM calls across concurrent runs
         st.start_worker("st-workflow-process")
         yield st, _config(tmp, replay, llm), llm, tmp
 
@@ -97,6 +98,9 @@ def test_regenerate_twice_at_once_generates_each_document_once(stack) -> None:
     for task, per_doc in llm.stats()["by_task"].items():
         paid = {doc: c.get("answered", 0) for doc, c in per_doc.items()}
         assert max(paid.values()) == 1, f"{task}: documents answered more than once: {paid}"
+    assert 0 < llm.stats()["max_inflight"] <= 4, "the global concurrency limit did not bound the LLM calls"
+    limit = st.cli("gcl", "inspect", "llm-calls", "--output", "json")
+    assert json.loads(limit)["active_slots"] == 0, limit
     done = a if st.state(a) == "COMPLETED" else b
     arts = st.artifacts(done)
     keys = {x["key"] for x in arts}
@@ -108,6 +112,7 @@ def test_regenerate_twice_at_once_generates_each_document_once(stack) -> None:
 
 def test_train_deployment_completes_with_artifacts(stack) -> None:
     st, config, _, tmp = stack
+    _ensure_pairs(st, config, tmp)
     run = st.run_deployment("train/default", {"config_path": str(config), "overrides": []})
     assert st.wait(run) == "COMPLETED", st.logs(run)[-4000:]
     arts = st.artifacts(run)
@@ -122,8 +127,15 @@ def test_train_deployment_completes_with_artifacts(stack) -> None:
     assert SECRET not in _artifact_text(arts)
 
 
+def _ensure_pairs(st: PrefectStack, config: Path, tmp: Path) -> None:
+    if not (tmp / "runs" / "e2e" / "pairs" / "manifest.json").is_file():
+        run = st.run_deployment("stage2-data/regenerate", {"config_path": str(config), "overrides": []})
+        assert st.wait(run) == "COMPLETED", st.logs(run)[-3000:]
+
+
 def test_cancelling_training_leaves_no_process(stack) -> None:
     st, config, _, tmp = stack
+    _ensure_pairs(st, config, tmp)
     marker = str(tmp / "runs")
     overrides = ["training.max_steps=100000", "training.launch.nproc_per_node=2", "evaluation.enabled=false"]
     run = st.run_deployment("train/default", {"config_path": str(config), "overrides": overrides})
@@ -133,7 +145,8 @@ def test_cancelling_training_leaves_no_process(stack) -> None:
         time.sleep(1)
     assert len(processes_with(marker)) >= 3, f"training never started: {st.logs(run)[-3000:]}"
     st.cli("flow-run", "cancel", run)
-    assert st.wait(run, timeout=180) == "CANCELLED"
+    final = st.wait(run, timeout=180)
+    assert final == "CANCELLED", f"{final}: {st.logs(run)[-4000:]}\n{st.log('worker.log')[-3000:]}"
     deadline = time.time() + 60
     while time.time() < deadline and processes_with(marker):
         time.sleep(1)
