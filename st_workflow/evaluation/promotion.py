@@ -137,10 +137,12 @@ def promote(
         )
     else:
         eligible = [c for c in scored if rows[c]["eligible"]]
-        head = (
-            f"policy balanced: ranked {len(scored)} candidates by {key} on {benches}; "
-            f"floor: at most {pc.max_general_regression:g} below {base} on general benchmarks {gen_in or 'none'}"
+        floor = (
+            f"floor: at most {pc.max_general_regression:g} below {base} on the general benchmarks {gen_in}"
+            if gen_in
+            else "no general benchmark, so no regression floor"
         )
+        head = f"policy balanced: ranked {len(scored)} candidates by {key} on {benches}; {floor}"
         reasons.insert(0, head)
         for c in scored:
             if not rows[c]["eligible"]:
