@@ -145,6 +145,14 @@ def _cpu_fingerprint() -> str:
     return f"{platform.machine()}|{platform.processor()}|{flags}"
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity-aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
@@ -238,7 +246,7 @@ def topk(
     out_d = np.empty((n_q, k), dtype=np.int32)
     if n_q == 0 or k == 0:
         return out_i, out_d
-    threads = threads or max(1, min(os.cpu_count() or 1, 64))
+    threads = threads or available_cpus()
     rc = lib.st_hamming_topk(
         q.ctypes.data,
         n_q,

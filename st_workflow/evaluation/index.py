@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -240,7 +239,7 @@ class CorpusIndex:
         if lib is not None:
             if self._planes is None:
                 self._planes = hamming_native.to_planes(self.data.numpy())
-            threads = max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
+            threads = max(1, min(torch.get_num_threads(), hamming_native.available_cpus()))
             idx, dist = hamming_native.topk(lib, q_packed.numpy(), self._planes, k, threads=threads)
             idx_t, dist_t = torch.from_numpy(idx), torch.from_numpy(dist)
             scores = torch.where(idx_t < 0, torch.full(dist_t.shape, NEG_INF), (bits - dist_t).float())
