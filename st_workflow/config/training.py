@@ -226,6 +226,27 @@ class CheckpointConfig(StrictModel):
     fresh."""
 
 
+class InTrainingEvalConfig(StrictModel):
+    """Retrieval evaluation while training, on benchmarks handed to the train stage (e.g. the hold-out).
+
+    Every rank encodes its shard of each benchmark (``st_workflow.evaluation.BenchmarkIREvaluator``); the original
+    evaluated on rank 0 while the other ranks idled.
+    """
+
+    steps: PositiveInt | None = None
+    """Evaluate every N optimizer steps; unset: no in-training evaluation."""
+    benchmarks: list[str] = Field(default_factory=list)
+    """Names of the benchmarks to use among those handed to the train stage; empty: all of them."""
+    split: str = "test"
+    """Qrels split of each benchmark."""
+    max_queries: PositiveInt | None = 300
+    """Seeded subset of queries per benchmark, so that evaluating stays cheap."""
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10])
+    """Cut-offs of the logged metrics."""
+    batch_size: PositiveInt = 64
+    """Encoding batch size per rank."""
+
+
 class HubConfig(StrictModel):
     """Optional push of the final model to the Hugging Face Hub."""
 
@@ -298,6 +319,8 @@ class TrainingConfig(StrictModel):
     """Checkpoints and resume."""
     binarization: BinarizationConfig = Field(default_factory=BinarizationConfig)
     """Binarization-aware training."""
+    evaluation: InTrainingEvalConfig = Field(default_factory=InTrainingEvalConfig)
+    """Retrieval evaluation during training."""
     hub: HubConfig = Field(default_factory=HubConfig)
     """Hub push."""
 

@@ -357,7 +357,6 @@ def materialize(reader: SourceReader, path: Path, max_rows: int | None = None) -
     schema = pa.schema([pa.field(c, pa.string(), nullable=False) for c in reader.columns])
     seen: set[bytes] = set()
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for batch in reader.batches():
             out: dict[str, list[str]] = {c: [] for c in reader.columns}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,7 @@ def train_stage(
     *,
     log_sink: Callable[[str], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    eval_benchmarks: Mapping[str, str | Path] | None = None,
 ) -> Manifest:
     """Stage ``train`` (see the module docstring).
 
@@ -173,6 +174,8 @@ def train_stage(
         log_sink: receives every output line of the training processes (default: this package's logger).
         should_cancel: polled about five times a second; when it returns true the process group is stopped and
             :class:`~st_workflow.training.launcher.TrainingCancelled` is raised.
+        eval_benchmarks: BEIR directories by name (e.g. the hold-out benchmark) for in-training retrieval
+            evaluation every ``training.evaluation.steps`` steps; metrics land in the log history and in W&B.
 
     Raises:
         TrainingFailed: the training process exited non-zero (the message has its last output lines).
@@ -230,6 +233,7 @@ def train_stage(
         wandb_run_id=run_id,
         wandb_dir=str(wandb_dir),
         lineage=collect_lineage(upstream),
+        eval_benchmarks={k: str(Path(v).resolve()) for k, v in (eval_benchmarks or {}).items()},
     )
     job_file = atomic.write_text(out / "job.json", job.model_dump_json(indent=2))
     cmd = build_command(t.launch, job_file, run_name=cfg.run_name)

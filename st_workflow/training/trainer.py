@@ -99,6 +99,39 @@ class PipelineTrainer(SentenceTransformerTrainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """Under DDP, run the evaluator on every rank.
+
+        sentence-transformers runs evaluators on rank 0 while the other ranks serve its ``encode`` calls;
+        ``st_workflow.evaluation``'s evaluators are collective instead (each rank encodes its shard, then they
+        all-gather), so all ranks must call them: rank 0 alone would wait for the others forever.
+        """
+        if self.evaluator is None or self.args.world_size <= 1:
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        from transformers import Trainer
+
+        output = Trainer.evaluation_loop(
+            self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
+        metrics = self.evaluator(
+            self.model, output_path=None, epoch=self.state.epoch, steps=self.state.global_step
+        )
+        if not isinstance(metrics, dict):
+            metrics = {"evaluator": metrics}
+        for key, value in metrics.items():
+            name = key if key.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{key}"
+            output.metrics[name] = value
+        return output
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
@@ -161,6 +194,7 @@ class ProgressCallback(TrainerCallback):
         self.t0 = 0.0
         self.step0 = 0
         self.history: list[dict[str, Any]] = []
+        self.step_ends: list[float] = []
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.t0 = time.perf_counter()
@@ -168,9 +202,19 @@ class ProgressCallback(TrainerCallback):
         if state.is_world_process_zero:
             self.printer(f"training: {state.max_steps} optimizer steps, resuming at step {state.global_step}")
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step_ends.append(time.perf_counter())
+
     def samples_per_second(self, state: Any) -> float:
+        """Samples per second of this run so far, start-up of the loop included."""
         dt = time.perf_counter() - self.t0
         return (state.global_step - self.step0) * self.samples_per_step / dt if dt > 0 else 0.0
+
+    def steady_samples_per_second(self) -> float | None:
+        """Samples per second after the first step (data-loader start, first-batch allocation excluded)."""
+        if len(self.step_ends) < 2:
+            return None
+        return (len(self.step_ends) - 1) * self.samples_per_step / (self.step_ends[-1] - self.step_ends[0])
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any

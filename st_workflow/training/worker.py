@@ -56,6 +56,7 @@ class TrainJob(BaseModel):
     wandb_run_id: str = ""
     wandb_dir: str = ""
     lineage: list[dict[str, Any]] = Field(default_factory=list)
+    eval_benchmarks: dict[str, str] = Field(default_factory=dict)
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -64,6 +65,32 @@ def _dist_env() -> tuple[int, int, int]:
         int(os.environ.get("WORLD_SIZE", 1)),
         int(os.environ.get("LOCAL_RANK", 0)),
     )
+
+
+def _evaluators(job: TrainJob, cfg: Any) -> list[Any]:
+    """In-training retrieval evaluators (``training.evaluation``), built on ``st_workflow.evaluation``."""
+    ev = cfg.training.evaluation
+    if not ev.steps or not job.eval_benchmarks:
+        return []
+    from st_workflow.evaluation import BenchmarkIREvaluator, load_local
+
+    names = ev.benchmarks or sorted(job.eval_benchmarks)
+    missing = [n for n in names if n not in job.eval_benchmarks]
+    if missing:
+        raise ValueError(
+            f"training.evaluation.benchmarks: {missing} not handed to the train stage; have {sorted(job.eval_benchmarks)}"
+        )
+    return [
+        BenchmarkIREvaluator(
+            load_local(
+                job.eval_benchmarks[n], name=n, split=ev.split, max_queries=ev.max_queries, seed=cfg.seed
+            ),
+            ks=list(ev.ks),
+            name=n,
+            batch_size=ev.batch_size,
+        )
+        for n in names
+    ]
 
 
 def run(job: TrainJob) -> dict[str, Any] | None:
@@ -146,6 +173,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         for s in job.sources
     }
 
+    evaluators = _evaluators(job, cfg)
     report_to: Any = ["wandb"] if job.wandb_mode != "disabled" else "none"
     args = SentenceTransformerTrainingArguments(
         output_dir=job.checkpoints_dir,
@@ -158,6 +186,9 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         max_steps=t.max_steps or -1,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        eval_strategy="steps" if evaluators else "no",
+        eval_steps=t.evaluation.steps if evaluators else None,
+        per_device_eval_batch_size=t.evaluation.batch_size,
         save_strategy="steps" if t.checkpoints.save_steps else "no",
         save_steps=t.checkpoints.save_steps or 500,
         save_total_limit=t.checkpoints.save_total_limit,
@@ -201,6 +232,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         train_dataset=datasets,
         loss=losses,
         data_collator=collator,
+        evaluator=evaluators or None,
         callbacks=callbacks,
         source_indexes=indexes,
         sampler_cfg=t.sampler,
@@ -239,6 +271,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         "first_loss": losses_logged[0] if losses_logged else None,
         "final_loss": losses_logged[-1] if losses_logged else None,
         "samples_per_second": round(progress.samples_per_second(state), 3),
+        "steady_samples_per_second": round(progress.steady_samples_per_second() or 0.0, 3),
         "train_seconds": round(wall, 2),
         "world_size": world,
         "precision": precision,
@@ -246,8 +279,14 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         "global_batch_size": samples_per_step,
         "resumed_from": job.resume_from,
         "batches_per_epoch": {s.name: c for s, c in zip(job.sources, counts, strict=True)},
+        "replay_share": round(
+            sum(c for s, c in zip(job.sources, counts, strict=True) if s.replay) / max(1, sum(counts)), 4
+        ),
         "log_history": state.log_history,
     }
+    evals = [h for h in state.log_history if any(k.startswith("eval_") for k in h)]
+    if evals:
+        result["last_eval"] = {k: v for k, v in evals[-1].items() if isinstance(v, int | float)}
     source_rows = [
         {
             **s.model_dump(include={"name", "kind", "rows", "dropped", "weight", "replay"}),
@@ -273,6 +312,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         "sampler": f"{t.sampler.strategy} (no duplicates: {t.sampler.no_duplicates}, length grouping: "
         f"{t.sampler.group_by_length})",
         "precision": precision,
+        "replay share of batches": f"{result['replay_share']:.1%}",
         "seed": cfg.seed,
         "binarization": t.binarization.estimator if t.binarization.enabled else "off",
     }
@@ -322,13 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     job = TrainJob.model_validate_json(Path(args.job_file).read_text(encoding="utf-8"))
-    try:
-        run(job)
-    finally:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    run(job)
+    if dist.is_available() and dist.is_initialized():
+        # Leave together: rank 0 saves the model while the others wait here, then all tear down the group.
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 

@@ -81,7 +81,9 @@ def write_pairs_manifest(directory: Path, rows: list[dict]) -> Manifest:
     return m
 
 
-def tiny_config(tmp_path: Path, cache_dir: Path, run_name: str = "t", **training: object) -> PipelineConfig:
+def tiny_config(
+    tmp_path: Path, cache_dir: Path, run_name: str = "t", wandb_mode: str = "disabled", **training: object
+) -> PipelineConfig:
     """A config training the tiny BERT for a few steps, everything under ``tmp_path``."""
     overrides = [
         f"run_name={run_name}",
@@ -94,7 +96,7 @@ def tiny_config(tmp_path: Path, cache_dir: Path, run_name: str = "t", **training
         "training.max_steps=6",
         "training.logging_steps=1",
         "training.launch.kill_grace_s=5",
-        "wandb.mode=disabled",
+        f"wandb.mode={wandb_mode}",
     ]
     overrides += [
         f"training.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in training.items()
