@@ -237,14 +237,15 @@ def main() -> None:
     pairs_file.write_text(json.dumps(pairs), encoding="utf-8")
     common = [
         "--model", args.model, "--batch", str(args.batch), "--max-len", str(args.max_len), "--steps",
-        str(args.steps), "--cache", args.cache, "--pairs", str(pairs_file), "--workdir", str(work),
+        str(args.steps), "--cache", args.cache, "--pairs", str(pairs_file),
     ]  # fmt: skip
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {v: [] for v in args.variants.split(",")}
     for rep in range(args.repeats):
         for variant in runs:  # interleaved, so a burst of load on the shared machine hits every variant alike
             print(f"== {variant} (run {rep + 1}/{args.repeats})", flush=True)
-            r = _run_child(variant, common)
+            workdir = work / f"{variant}-{rep}"  # a fresh run directory, so no stage is ever reused
+            r = _run_child(variant, [*common, "--workdir", str(workdir)])
             r["samples_per_second"] = round(r["steps"] * args.batch / r["train_seconds"], 3)
             r["steady_samples_per_second"] = round(r["steady_samples_per_second"], 3)
             runs[variant].append(r)

@@ -211,6 +211,9 @@ def train_stage(
     atomic.write_text(ckpt_dir / ".cache_key", key)
 
     mode = tracking.resolve_mode(cfg.wandb)
+    if resume is None:
+        # A fresh start is a new W&B run; only a resumed training continues the stored one.
+        (out / "wandb_run_id.txt").unlink(missing_ok=True)
     run_id = tracking.run_id(cfg.wandb, cfg.run_name, key, out)
     wandb_dir = Path(cfg.wandb.dir).resolve() if cfg.wandb.dir else cfg.run_dir / "wandb"
     if mode != "disabled":
@@ -247,7 +250,20 @@ def train_stage(
         timeout_s=t.launch.timeout_s,
         kill_grace_s=t.launch.kill_grace_s,
     )
-    if rc != 0 or not result_file.is_file():
+    if rc != 0:
+        raise TrainingFailed(rc, tail)
+    if not result_file.is_file() and (t.launch.node_rank or 0) > 0:
+        # Multi-node: the node holding global rank 0 writes the model; this node only took part.
+        return Manifest(
+            stage=STAGE,
+            directory=str(out),
+            metrics={"node_rank": t.launch.node_rank, "model_written_by": "the node of global rank 0"},
+            config_hash=cfg.section_hash("training", "wandb"),
+            code_version=code_version("training"),
+            cache_key=f"{key}:node{t.launch.node_rank}",
+            upstream=[m.ref() for m in upstream],
+        )
+    if not result_file.is_file():
         raise TrainingFailed(rc, tail)
     result: dict[str, Any] = json.loads(result_file.read_text(encoding="utf-8"))
     files: dict[str, Any] = {"model": "model", "result": "result.json"}
