@@ -32,7 +32,7 @@ import pyarrow as pa
 from st_workflow import atomic
 from st_workflow.config import PipelineConfig
 from st_workflow.config.training import TrainSource
-from st_workflow.hashing import code_version, sha256_file, sha256_tree, stable_hash
+from st_workflow.hashing import code_version, sha256_file, stable_hash
 from st_workflow.log import get_logger
 from st_workflow.manifest import FileEntry, Manifest, reusable
 from st_workflow.training.sources import SourceContext, SourceCounts, materialize, open_source
@@ -40,7 +40,7 @@ from st_workflow.training.sources import SourceContext, SourceCounts, materializ
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STAGE = "pretokenize"
 DATA_FILE = "data.arrow"
 SOURCES_FILE = "sources.json"
@@ -263,8 +263,9 @@ def _build_train_entry(
             if pretokenize
             else None,
         }
-        info["tree_sha256"] = sha256_tree(tmp)
-        info["bytes"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        # The manifest points at data.arrow (never rewritten), so its size and hash stay valid for reuse checks.
+        info["data_sha256"] = sha256_file(tmp / DATA_FILE)
+        info["data_bytes"] = (tmp / DATA_FILE).stat().st_size
         atomic.write_json(tmp / "info.json", info)
     return BuiltSource(src, target, info)
 
@@ -348,8 +349,9 @@ def pretokenize_key(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> str
 def pretokenize_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest:
     """Stage ``pretokenize``: build every training source's cache entry and describe them in a manifest.
 
-    Roles ``source:<name>`` point at the (absolute) cache directories; role ``sources`` is ``sources.json`` in the
-    stage directory, which the train stage reads. ``pairs_manifest`` may be ``None`` when no source reads the
+    Roles ``source:<name>`` point at each cache entry's ``data.arrow`` (absolute paths; the entry directory holds
+    ``hashes.npy``, ``lengths.npy`` and ``info.json`` beside it); role ``sources`` is ``sources.json`` in the stage
+    directory, which the train stage reads. ``pairs_manifest`` may be ``None`` when no source reads the
     pipeline pairs.
     """
     out = cfg.stage_dir(STAGE)
@@ -383,11 +385,10 @@ def pretokenize_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> M
             }
         )
         files[f"source:{s.name}"] = FileEntry(
-            path=str(b.directory),
-            sha256=b.info["tree_sha256"],
-            bytes=b.info["bytes"],
+            path=str(b.directory / DATA_FILE),
+            sha256=b.info["data_sha256"],
+            bytes=b.info["data_bytes"],
             rows=b.info["rows"],
-            is_dir=True,
         )
         counts[f"rows:{s.name}"] = int(b.info["rows"])
         counts[f"dropped:{s.name}"] = int(sum(b.info["dropped"].values()))

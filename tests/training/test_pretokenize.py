@@ -25,12 +25,20 @@ def test_stage_builds_once_and_keys_on_length_and_mapping(
     m = pretokenize_stage(cfg, pairs_manifest)
     (rec,) = read_sources(m)
     entry = Path(rec["directory"])
-    assert m.path("source:pipeline") == entry and entry.parent == test_cache_dir.resolve() / "tokenized"
+    assert (
+        m.path("source:pipeline") == entry / "data.arrow"
+        and entry.parent == test_cache_dir.resolve() / "tokenized"
+    )
     assert rec["mode"] == "tokens" and rec["rows"] == pairs_manifest.counts["pairs"]
     assert m.upstream[0].content_hash == pairs_manifest.content_hash
     stamp = (entry / "info.json").stat().st_mtime_ns
+    assert m.is_valid()
     again = pretokenize_stage(cfg, pairs_manifest)
-    assert again.cache_key == m.cache_key and (entry / "info.json").stat().st_mtime_ns == stamp
+    assert (
+        again.cache_key == m.cache_key
+        and again.created_at == m.created_at
+        and (entry / "info.json").stat().st_mtime_ns == stamp
+    )
     # Another run directory with the same inputs reuses the same cache entry (content-addressed, not by name).
     other = pretokenize_stage(tiny_config(tmp_path / "other", test_cache_dir, run_name="pt2"), pairs_manifest)
     assert read_sources(other)[0]["directory"] == str(entry)
