@@ -190,7 +190,14 @@ def _kill_leftovers() -> None:  # pragma: no cover - interpreter shutdown
 
 @contextlib.contextmanager
 def _trap_signals() -> Iterator[None]:
-    """In the main thread, turn SIGTERM/SIGINT into an exception so the group can be stopped first."""
+    """In the main thread, turn SIGTERM/SIGINT into an exception so the group can be stopped first.
+
+    Only signals whose disposition would kill the process outright (``SIG_DFL``) are trapped. A Python
+    handler that is already installed is left alone: it raises in this thread (Prefect's SIGTERM bridge raises
+    ``TerminationSignal``, Python's SIGINT handler ``KeyboardInterrupt``) and the ``except BaseException`` path stops
+    the group just the same. Replacing Prefect's bridge would break its cancellation handshake: the runner only
+    treats a SIGTERM as a cancellation when the bridge is the installed handler, otherwise the run ends Crashed.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -201,7 +208,8 @@ def _trap_signals() -> Iterator[None]:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, OSError):
-            previous[sig] = signal.signal(sig, handler)
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                previous[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
