@@ -264,7 +264,10 @@ class Encoder:
             )
             return torch.empty((0, dim or 0), dtype=torch.float32)
         _, world = distributed_world()
-        if self.distributed and world > 1:
+        # Inside sentence-transformers' own DDP evaluation (rank 0 evaluates while the other ranks serve its encode
+        # calls) the model already distributes encode(); an all-gather of ours would wait for ranks that never come.
+        served = getattr(self.model, "_distributed_inference", None)
+        if self.distributed and world > 1 and not served:
             from st_workflow.evaluation.distributed import encode_sharded
 
             return encode_sharded(self.model, texts, kind=kind, batch_size=self.batch_size, prompt=prompt)
@@ -276,11 +279,12 @@ class Encoder:
         }
         if prompt is not None:
             kwargs["prompt"] = prompt
-        pool = self._pool_or_none()
+        # When served, pass no device or pool: encode() then routes through the trainer's distributed inference.
+        pool = None if served else self._pool_or_none()
         if pool is not None:
             kwargs["pool"] = pool
             kwargs["convert_to_tensor"] = False
-        elif len(self.devices) == 1:
+        elif len(self.devices) == 1 and not served:
             kwargs["device"] = self.devices[0]
         out = fn(texts, **kwargs)
         out = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))

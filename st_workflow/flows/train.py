@@ -52,7 +52,7 @@ def train_flow(
     trained = None
     if cfg.training.enabled:
         pretok = clock.run("pretokenize", pretokenize_task, cfg, pairs) if cfg.training.pretokenize else None
-        trained = clock.run("train", train_task, cfg, pairs, pretok)
+        trained = clock.run("train", train_task, cfg, pairs, pretok, benchmark)
     else:
         clock.skipped("train", "training.enabled is false")
 

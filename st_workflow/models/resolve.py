@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,19 @@ def resolve_model(name_or_path: str, cache_dir: str | Path = ".cache/st-workflow
     return name
 
 
+def _only_known_modules(path: str) -> bool:
+    """True for a local model that uses at least one ``st_workflow`` module and nothing from outside ours or ST's."""
+    modules = Path(path) / "modules.json"
+    if not modules.is_file():
+        return False
+    try:
+        types = [str(m.get("type", "")) for m in json.loads(modules.read_text(encoding="utf-8"))]
+    except (ValueError, OSError, AttributeError):
+        return False
+    known = all(t.startswith(("sentence_transformers.", "st_workflow.")) for t in types)
+    return known and any(t.startswith("st_workflow.") for t in types)
+
+
 def load_model(
     name_or_path: str,
     device: str | None = None,
@@ -64,12 +78,14 @@ def load_model(
 ) -> SentenceTransformer:
     """Load a :class:`SentenceTransformer` through :func:`resolve_model`.
 
-    Custom modules of this package (e.g. the binarization layer) load through the module path stored in
-    ``modules.json``; ``trust_remote_code`` stays off.
+    sentence-transformers 6 refuses module classes outside its own package unless ``trust_remote_code=True``. A local
+    model whose ``modules.json`` names only sentence-transformers modules and modules of *this* package (e.g. the
+    binarization layer of a BAT model) is loaded with it; everything else loads with it off.
     """
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(resolve_model(name_or_path, cache_dir), device=device)
+    path = resolve_model(name_or_path, cache_dir)
+    model = SentenceTransformer(path, device=device, trust_remote_code=_only_known_modules(path))
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model

@@ -37,13 +37,23 @@ def pretokenize_task(cfg: PipelineConfig, pairs: Manifest) -> Manifest:
     retry_delay_seconds=30,
     retry_condition_fn=transient_error,
 )
-def train_task(cfg: PipelineConfig, pairs: Manifest, pretok: Manifest | None) -> Manifest:
-    """Fine-tune under torchrun; the training process group dies with this task (cancel, timeout, crash)."""
+def train_task(
+    cfg: PipelineConfig, pairs: Manifest, pretok: Manifest | None, benchmark: Manifest | None = None
+) -> Manifest:
+    """Fine-tune under torchrun; the training process group dies with this task (cancel, timeout, crash).
+
+    ``benchmark`` (the hold-out) is scored during training when ``training.evaluation.steps`` is set; every rank
+    encodes its share. Use ``training.launch.timeout_s`` rather than a Prefect task timeout to bound the run: the
+    launcher owns the process group and kills all of it.
+    """
     from st_workflow.training import train_stage
 
     log = get_logger()
     log.info(banner(f"train {cfg.training.base_model} ({cfg.training.launch.nproc_per_node} process(es))"))
-    m = train_stage(cfg, pairs, pretok, log_sink=log.info)
+    in_training = (
+        {benchmark.name: benchmark.directory} if benchmark and cfg.training.evaluation.steps else None
+    )
+    m = train_stage(cfg, pairs, pretok, log_sink=log.info, eval_benchmarks=in_training)
     publish_table(
         "training",
         [{"metric": k, "value": v} for k, v in m.metrics.items() if isinstance(v, int | float | str)],

@@ -49,3 +49,22 @@ def test_tiny_bert_is_deterministic_and_cached(tmp_path: Path) -> None:
 def test_tiny_spec_rejects_unknown_parameters() -> None:
     with pytest.raises(ValueError, match="unknown parameter 'depth'"):
         parse_tiny_spec("tiny-bert:depth=3")
+
+
+def test_bat_model_loads_through_load_model_and_foreign_modules_do_not(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from st_workflow.training import binarize_model
+
+    out = tmp_path / "bat"
+    binarize_model(str(tiny_model_path), output_dir=out)
+    model = load_model(str(out), device="cpu")
+    emb = model.encode(["Mars dust storms", "ocean salinity"])
+    assert set(emb.flatten().tolist()) <= {-1.0, 1.0}
+    modules = json.loads((out / "modules.json").read_text())
+    modules[-1]["type"] = "somebody_else.evil.Module"
+    (out / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model(str(out), device="cpu")
