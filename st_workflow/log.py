@@ -28,12 +28,30 @@ def get_logger(name: str = "st_workflow") -> logging.Logger | logging.LoggerAdap
     return logging.getLogger(name)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (not the object it was when the handler was made).
+
+    Output captured or redirected later (pytest, Prefect, a notebook) still receives our log lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it in __init__; the live stderr always wins
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Configure a concise stderr handler for the ``st_workflow`` logger (idempotent)."""
     global _CONFIGURED
     if _CONFIGURED:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("st_workflow")
     root.addHandler(handler)

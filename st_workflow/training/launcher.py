@@ -96,8 +96,14 @@ def build_command(
 
 
 def launch_env(launch: LaunchConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of the launched processes: threads per process, unbuffered output, plus ``extra``."""
+    """Environment of the launched processes: threads per process, unbuffered output, plus ``extra``.
+
+    A W&B service started by the caller (``WANDB_SERVICE``) is not inherited: the training process group owns its
+    own service, so a killed run never leaves its run id registered in a service that outlives it (a resumed run
+    with that id would be refused as "in use").
+    """
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)
     threads = launch.omp_num_threads or max(1, (os.cpu_count() or 1) // launch.nproc_per_node)
     env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
