@@ -37,6 +37,7 @@ from st_workflow.schemas import PAIR_SCHEMA, schema_dict
 from st_workflow.stage2_generation import generate as gen_mod
 from st_workflow.stage2_generation import relevancy as rel_mod
 from st_workflow.stage2_generation.accounting import Ledger
+from st_workflow.stage2_generation.availability import llm_skip_reason
 from st_workflow.stage2_generation.cache import LLMCache
 from st_workflow.stage2_generation.clients import instructor_client, make_openai_client, resolve_api_key
 from st_workflow.stage2_generation.documents import Doc, load_documents
@@ -64,28 +65,6 @@ REJECTED_SCHEMA = pa.schema(
 
 
 # ---------------------------------------------------------------------- availability
-def llm_configured(cfg: PipelineConfig) -> bool:
-    """True when an LLM endpoint is configured (``generation.endpoint.base_url``)."""
-    return cfg.generation.endpoint.configured
-
-
-def llm_skip_reason(cfg: PipelineConfig) -> str | None:
-    """One log line saying why the LLM stages are skipped, or ``None`` when they run.
-
-    Example:
-        >>> from st_workflow.config import load_config
-        >>> llm_skip_reason(load_config(None, ["generation.endpoint.base_url=null"])).startswith("LLM stages skipped")
-        True
-    """
-    if not llm_configured(cfg):
-        return (
-            "LLM stages skipped: no endpoint configured (set generation.endpoint.base_url, e.g. "
-            "--set generation.endpoint.base_url=https://api.openai.com/v1, and export the API key variable "
-            f"{cfg.generation.endpoint.api_key.env or '(see generation.endpoint.api_key)'})"
-        )
-    return None
-
-
 # ---------------------------------------------------------------------- helpers
 def _price(cfg: PipelineConfig) -> Any:
     return cfg.generation.execution.prices.get(cfg.generation.endpoint.model)
