@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from st_workflow.testing.openai_server import OpenAICompatServer
 from .conftest import make_cfg
 
 
+class _Collect(logging.Handler):
+    """Collects messages straight from the loggers (independent of propagation and output capture)."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
 @pytest.fixture
 def prefect_api(prefect_harness: None) -> Iterator[None]:
     """The session's temporary Prefect API (one per test session: two nested harnesses confuse Prefect's services)."""
@@ -22,7 +34,9 @@ def prefect_api(prefect_harness: None) -> Iterator[None]:
 
 @pytest.mark.slow
 def test_llm_requests_hold_prefect_slots_and_the_report_is_an_artifact(
-    prefect_api: None, tmp_path: Path, docs: list[Manifest], caplog: pytest.LogCaptureFixture
+    prefect_api: None,
+    tmp_path: Path,
+    docs: list[Manifest],
 ) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client
@@ -53,7 +67,11 @@ def test_llm_requests_hold_prefect_slots_and_the_report_is_an_artifact(
         assert srv.stats()["max_inflight"] <= 2  # 6 workers, but only 2 slots across the Prefect server
 
         srv.reset()
-        caplog.clear()
+        said: list[str] = []
+        collect = _Collect(said)
+        watched = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs", "st_workflow")]
+        for lg in watched:
+            lg.addHandler(collect)
 
         @flow(name="st-llm-no-limit")
         def unlimited() -> Manifest:
@@ -67,10 +85,14 @@ def test_llm_requests_hold_prefect_slots_and_the_report_is_an_artifact(
             )
             return run_generation(cfg, docs, None)
 
-        unlimited()
+        try:
+            unlimited()
+        finally:
+            for lg in watched:
+                lg.removeHandler(collect)
         assert srv.stats()["max_inflight"] > 2
-        said = [r.getMessage() for r in caplog.records if "'missing-limit' does not exist" in r.getMessage()]
-        assert len(said) == 1, said  # logged once, not per call
+        missing = [m for m in said if "'missing-limit' does not exist" in m]
+        assert len(missing) == 1, missing  # logged once, not per call
 
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
