@@ -182,6 +182,56 @@ async def _run_engine(
         await client.close()
 
 
+def _run_jobs(
+    cfg: PipelineConfig,
+    log: Any,
+    stage: str,
+    jobs: list[Job],
+    namespace: str,
+    ledger: Ledger,
+    on_outcome: Any,
+    make_call: Any,
+    staging: Path,
+) -> Any:
+    """Run the jobs through the engine; on any error (or interrupt) the stage's staging shards are removed."""
+    api_key = _api_key(cfg, log) if jobs else None
+    try:
+        return run_sync(
+            lambda: _run_engine(cfg, api_key, jobs, namespace, ledger, on_outcome, make_call, stage)
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _committed_meanwhile(
+    cfg: PipelineConfig, log: Any, stage: str, stage_dir: Path, key: str, failures: list[Any], staging: Path
+) -> Manifest | None:
+    """Under the stage lock: the complete output another run committed while this one ran, if any."""
+    if cfg.orchestration.cache and not failures and (hit := reusable(stage_dir, key)) is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("%s: another run completed this stage meanwhile; using its output", stage)
+        return hit
+    return None
+
+
+def _failure_counts(failures: list[dict[str, Any]]) -> dict[str, int]:
+    return {
+        "failed": sum(1 for f in failures if f["status"] in ("failed", "aborted")),
+        "skipped_budget": sum(1 for f in failures if f["status"] == "budget"),
+    }
+
+
+def _usage_metrics(table: pa.Table) -> dict[str, Any]:
+    """Tokens and cost of a stage's result table (cost also per source)."""
+    return {
+        "prompt_tokens": _tok(table, "prompt_tokens"),
+        "completion_tokens": _tok(table, "completion_tokens"),
+        "cost_usd": round(sum(table.column("cost_usd").to_pylist()) if table.num_rows else 0.0, 8),
+        "cost_by_source": _sum_by_source(table) if table.num_rows else {},
+    }
+
+
 @contextlib.contextmanager
 def stage_lock(stage_dir: Path) -> Iterator[None]:
     """Exclusive lock on a stage directory while a run writes its outputs and manifest (``flock``, so a killed
@@ -289,20 +339,11 @@ def run_relevancy_filter(
         agent = judge.agent(client)
         return lambda job: judge.call(job, agent)
 
-    api_key = _api_key(cfg, log) if jobs else None
-    try:
-        stats = run_sync(
-            lambda: _run_engine(
-                cfg, api_key, jobs, rel_mod.NAMESPACE, ledger, on_outcome, make_call, STAGE_FILTER
-            )
-        )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    stats = _run_jobs(cfg, log, STAGE_FILTER, jobs, rel_mod.NAMESPACE, ledger, on_outcome, make_call, staging)
     with stage_lock(stage_dir):  # concurrent runs sharing this run directory commit one at a time
-        if cfg.orchestration.cache and not failures and (hit := reusable(stage_dir, key)) is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-            log.info("llm-filter: another run completed this stage meanwhile; using its output")
+        if (
+            hit := _committed_meanwhile(cfg, log, STAGE_FILTER, stage_dir, key, failures, staging)
+        ) is not None:
             return hit
         writer.flush()
         table = read_shards(staging, rel_mod.JUDGEMENT_SCHEMA)
@@ -335,8 +376,7 @@ def run_relevancy_filter(
             "kept": len(kept_rows),
             "rejected": table.num_rows - (len(kept_rows) - len(passed)),
             "passed_unjudged": len(passed),
-            "failed": sum(1 for f in failures if f["status"] in ("failed", "aborted")),
-            "skipped_budget": sum(1 for f in failures if f["status"] == "budget"),
+            **_failure_counts(failures),
             **{f"quality:{q}": n for q, n in sorted(qualities.items())},
         }
         m = Manifest.build(
@@ -353,10 +393,7 @@ def run_relevancy_filter(
                 "complete": complete,
                 "model": gen.endpoint.model,
                 "prompt_version": judge.prompt_version,
-                "prompt_tokens": _tok(table, "prompt_tokens"),
-                "completion_tokens": _tok(table, "completion_tokens"),
-                "cost_usd": round(sum(table.column("cost_usd").to_pylist()) if table.num_rows else 0.0, 8),
-                "cost_by_source": _sum_by_source(table) if table.num_rows else {},
+                **_usage_metrics(table),
             },
             config_hash=stable_hash(gen.filter),
             code_version=code_version(_CODE),
@@ -479,20 +516,11 @@ def run_generation(
         aclient = instructor_client(client, gen.pairs.mode)
         return lambda job: generator.call(job, aclient)
 
-    api_key = _api_key(cfg, log) if jobs else None
-    try:
-        stats = run_sync(
-            lambda: _run_engine(
-                cfg, api_key, jobs, gen_mod.NAMESPACE, ledger, on_outcome, make_call, STAGE_PAIRS
-            )
-        )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    stats = _run_jobs(cfg, log, STAGE_PAIRS, jobs, gen_mod.NAMESPACE, ledger, on_outcome, make_call, staging)
     with stage_lock(stage_dir):  # concurrent runs sharing this run directory commit one at a time
-        if cfg.orchestration.cache and not failures and (hit := reusable(stage_dir, key)) is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-            log.info("llm-pairs: another run completed this stage meanwhile; using its output")
+        if (
+            hit := _committed_meanwhile(cfg, log, STAGE_PAIRS, stage_dir, key, failures, staging)
+        ) is not None:
             return hit
         writer.flush()
         n_rows = consolidate(
@@ -512,8 +540,7 @@ def run_generation(
             "documents": len(docs),
             "generated": n_rows,
             "salvaged": statuses.get("salvaged", 0),
-            "failed": sum(1 for f in failures if f["status"] in ("failed", "aborted")),
-            "skipped_budget": sum(1 for f in failures if f["status"] == "budget"),
+            **_failure_counts(failures),
             "question_context_pairs": sum(len(x or []) for x in table.column("question_context").to_pylist()),
             "search_terms": sum(len(x or []) for x in table.column("search_terms").to_pylist()),
         }
@@ -530,10 +557,7 @@ def run_generation(
                 "filter_applied": "before"
                 if (kept is not None and gen.filter_before_generation)
                 else ("after" if kept is not None else "none"),
-                "prompt_tokens": _tok(table, "prompt_tokens"),
-                "completion_tokens": _tok(table, "completion_tokens"),
-                "cost_usd": round(sum(table.column("cost_usd").to_pylist()) if n_rows else 0.0, 8),
-                "cost_by_source": _sum_by_source(table) if n_rows else {},
+                **_usage_metrics(table),
             },
             config_hash=stable_hash(gen.pairs),
             code_version=code_version(_CODE),
