@@ -222,6 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_json(self) -> Any:
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
+        if len(raw) < n:  # the client died mid-send: a truncated request is no request, and is never counted
+            raise ValueError(f"truncated body: {len(raw)} of {n} bytes")
         return json.loads(raw or b"{}")
 
     def do_GET(self) -> None:
@@ -253,6 +255,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.owner.reset()
             self._send_json(200, {"reset": True})
         elif path == "/v1/chat/completions":
+            if not isinstance(body, dict) or not body.get("messages"):
+                self._send_json(  # what the OpenAI API answers; such a request is not counted either
+                    400,
+                    {
+                        "error": {
+                            "message": "'messages' is a required property",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
+                return
             self._chat(body)
         else:
             self._send_json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})

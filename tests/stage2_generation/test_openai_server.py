@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -119,6 +120,25 @@ def test_api_key_is_checked_and_never_exposed(tmp_path: Path) -> None:
             model="m", messages=[{"role": "user", "content": "hi"}]
         )
         assert "sk-right" not in json.dumps(srv.stats())
+
+
+def test_a_client_killed_mid_request_is_never_counted() -> None:
+    """kill -9 between the headers and the body leaves a short read: that is no request, and nobody paid for it."""
+    body = json.dumps({"model": "m", "messages": _qa_messages()}).encode()
+    with OpenAICompatServer() as srv:
+        host, port = srv.base_url.split("//")[1].split("/")[0].split(":")
+        for sent in (b"", body[: len(body) // 2]):
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + sent
+                )
+                s.shutdown(socket.SHUT_WR)  # the client is gone
+                s.recv(65536)
+        empty = httpx.post(srv.base_url + "/chat/completions", json={"model": "m"})
+        assert empty.status_code == 400 and "messages" in empty.json()["error"]["message"]
+        assert srv.stats()["requests"] == 0 and srv.calls() == {}
 
 
 def test_command_line_server_process(tmp_path: Path) -> None:
