@@ -64,49 +64,37 @@ def _ingest_config(args: argparse.Namespace) -> IngestConfig:
     return IngestConfig()
 
 
+def _set_given(obj: Any, **given: Any) -> Any:
+    """Set the fields whose command-line value was given (non-empty), keeping the model's defaults otherwise."""
+    for field, value in given.items():
+        if value:
+            setattr(obj, field, value)
+    return obj
+
+
 def _source(args: argparse.Namespace) -> Any:
     common: dict[str, Any] = {"name": args.name or args.kind, "max_records": args.max_records}
     if args.kind == "arxiv":
-        api = ArxivApiConfig(enabled=args.api)
-        if args.api_url:
-            api.base_url = args.api_url
-        if args.api_query:
-            api.search_query = args.api_query
-        if args.api_max_results:
-            api.max_results = args.api_max_results
-        if args.min_interval is not None:
+        api = _set_given(
+            ArxivApiConfig(enabled=args.api),
+            base_url=args.api_url,
+            search_query=args.api_query,
+            max_results=args.api_max_results,
+        )
+        if args.min_interval is not None:  # 0 is a valid interval
             api.min_interval_s = args.min_interval
         return ArxivSource(**common, snapshot=args.snapshot or [], categories=args.category or [], api=api)
-    if args.kind == "cmr":
-        src = CmrSource(
+    if args.kind in ("cmr", "pds"):
+        src = (CmrSource if args.kind == "cmr" else PdsSource)(
             **common,
             params=_params(args.param),
             from_file=args.from_file,
             incremental=not args.no_incremental,
         )
-        if args.base_url:
-            src.base_url = args.base_url
-        if args.page_size:
-            src.page_size = args.page_size
-        if args.client_id:
-            src.client_id = args.client_id
-        if args.token_env:
-            src.token.env = args.token_env
-        return src
-    if args.kind == "pds":
-        src = PdsSource(
-            **common,
-            params=_params(args.param),
-            from_file=args.from_file,
-            incremental=not args.no_incremental,
-        )
-        if args.base_url:
-            src.base_url = args.base_url
-        if args.endpoint:
-            src.endpoint = args.endpoint
-        if args.limit:
-            src.limit = args.limit
-        return src
+        if args.kind == "cmr":
+            _set_given(src.token, env=args.token_env)
+            return _set_given(src, base_url=args.base_url, page_size=args.page_size, client_id=args.client_id)
+        return _set_given(src, base_url=args.base_url, endpoint=args.endpoint, limit=args.limit)
     if args.kind == "hf":
         return HfSource(
             **common,
