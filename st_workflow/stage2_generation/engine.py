@@ -32,6 +32,7 @@ from st_workflow.stage2_generation.resilience import (
     EndpointFatalError,
     TransportError,
     find_in_chain,
+    first_line,
 )
 
 
@@ -179,9 +180,7 @@ async def execute(
                     ledger.record(usage, job.source, job.size)
                     return Outcome(job, "aborted", usage=usage, cause="endpoint", message=str(inner))
                 ledger.record(usage, job.source, job.size)
-                msg = (
-                    e.message if isinstance(e, JobFailed) else str(e).splitlines()[0][:300] if str(e) else ""
-                )
+                msg = e.message if isinstance(e, JobFailed) else first_line(e)
                 return Outcome(job, "failed", usage=usage, cause=classify_failure(e), message=msg)
             finally:
                 state["inflight"] -= 1

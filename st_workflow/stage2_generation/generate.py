@@ -19,21 +19,19 @@ from st_workflow.config.generation import GenerationConfig
 from st_workflow.schemas import normalize_whitespace
 from st_workflow.stage2_generation.cache import cache_key
 from st_workflow.stage2_generation.clients import sampling_kwargs
+from st_workflow.stage2_generation.columns import result_schema
 from st_workflow.stage2_generation.documents import Doc
 from st_workflow.stage2_generation.engine import Job, JobFailed
 from st_workflow.stage2_generation.models import VALIDATION_CONTEXT, GeneratedPairs, SearchTerms, schema_hash
 from st_workflow.stage2_generation.prompts import cut_text, item_bounds, load_prompt
-from st_workflow.stage2_generation.resilience import EndpointFatalError, TransportError, find_in_chain
+from st_workflow.stage2_generation.resilience import first_line, raise_wrapped_endpoint_error
 
 NAMESPACE = "pairs"
 QA, TERMS = "qa", "search_terms"
 
 #: One row per document in the ``generated`` shards of stage ``llm-pairs``.
-GENERATED_SCHEMA = pa.schema(
+GENERATED_SCHEMA = result_schema(
     [
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("content_hash", pa.string(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field(
@@ -41,15 +39,8 @@ GENERATED_SCHEMA = pa.schema(
             pa.list_(pa.struct([pa.field("query", pa.string()), pa.field("context", pa.string())])),
         ),
         pa.field("search_terms", pa.list_(pa.string())),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
-        pa.field("requests", pa.int64()),
-        pa.field("cost_usd", pa.float64()),
-        pa.field("model", pa.string()),
-        pa.field("prompt_version", pa.string()),
-        pa.field("cache_key", pa.string()),
-        pa.field("kept_by_filter", pa.bool_()),
-    ]
+    ],
+    [pa.field("kept_by_filter", pa.bool_())],
 )
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.S)
@@ -126,16 +117,13 @@ class PairGenerator:
                 **self.sampling,
             )
         except InstructorRetryException as e:
-            for kind in (EndpointFatalError, TransportError):
-                inner = find_in_chain(e, kind)
-                if inner is not None:
-                    raise inner from None
+            raise_wrapped_endpoint_error(e)
             salvaged = None
             if self.cfg.salvage_after_reasks:
                 salvaged = self._salvage(model, getattr(e, "last_completion", None), p["vctx"])
             if salvaged is not None:
-                return salvaged, {"status": "salvaged", "error": _first_line(e)}
-            raise JobFailed("invalid_output", _first_line(e)) from None
+                return salvaged, {"status": "salvaged", "error": first_line(e)}
+            raise JobFailed("invalid_output", first_line(e)) from None
         finally:
             VALIDATION_CONTEXT.reset(token)
         return obj.model_dump(mode="json"), {"status": "ok"}
@@ -173,8 +161,3 @@ def answer_text(completion: Any) -> str | None:
     except ValueError:
         return None
     return content
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:300]

@@ -14,30 +14,21 @@ import pyarrow as pa
 from st_workflow.config.generation import GenerationConfig
 from st_workflow.stage2_generation.cache import cache_key
 from st_workflow.stage2_generation.clients import sampling_kwargs
+from st_workflow.stage2_generation.columns import result_schema
 from st_workflow.stage2_generation.documents import Doc
 from st_workflow.stage2_generation.engine import Job, JobFailed
 from st_workflow.stage2_generation.models import ContentQuality, schema_hash
 from st_workflow.stage2_generation.prompts import cut_text, load_prompt
-from st_workflow.stage2_generation.resilience import EndpointFatalError, TransportError, find_in_chain
+from st_workflow.stage2_generation.resilience import first_line, raise_wrapped_endpoint_error
 
 NAMESPACE = "relevancy"
 
 #: One row per judged document in ``judgements.parquet`` of stage ``llm-filter``.
-JUDGEMENT_SCHEMA = pa.schema(
+JUDGEMENT_SCHEMA = result_schema(
     [
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("content_hash", pa.string(), nullable=False),
         pa.field("quality", pa.string()),
         pa.field("reasons", pa.list_(pa.string())),
         pa.field("kept", pa.bool_(), nullable=False),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
-        pa.field("requests", pa.int64()),
-        pa.field("cost_usd", pa.float64()),
-        pa.field("model", pa.string()),
-        pa.field("prompt_version", pa.string()),
-        pa.field("cache_key", pa.string()),
     ]
 )
 
@@ -90,12 +81,9 @@ class RelevancyJudge:
         try:
             result = await agent.run(job.payload["prompt"], model_settings=settings)
         except Exception as e:
-            for kind in (EndpointFatalError, TransportError):
-                inner = find_in_chain(e, kind)
-                if inner is not None:
-                    raise inner from None
+            raise_wrapped_endpoint_error(e)
             if isinstance(e, UnexpectedModelBehavior):
-                raise JobFailed("invalid_output", str(e).splitlines()[0][:300]) from None
+                raise JobFailed("invalid_output", first_line(e)) from None
             raise
         return result.output.model_dump(mode="json"), {"status": "ok"}
 

@@ -140,7 +140,7 @@ def resilient(
                 if usage is not None:
                     usage.retries[cause] += 1
                 if attempt >= policy.max_attempts:
-                    raise TransportError(cause, attempt, _short(e)) from e
+                    raise TransportError(cause, attempt, first_line(e)) from e
                 await sleep(policy.delay(attempt, retry_after_seconds(e)))
                 continue
             if usage is not None:
@@ -161,9 +161,21 @@ def install(
     return client
 
 
-def _short(e: BaseException) -> str:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return msg[:300]
+def first_line(e: BaseException) -> str:
+    """An exception's first non-blank line (its type name when it has none), at most 300 characters: enough to
+    tell failures apart in ``failures.jsonl`` and logs without copying whole provider payloads."""
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:300]
+
+
+def raise_wrapped_endpoint_error(exc: BaseException) -> None:
+    """Raise the :class:`EndpointFatalError` or :class:`TransportError` that a client library (Instructor,
+    Pydantic AI) wrapped in ``exc``, so the engine aborts or counts the retry instead of seeing a validation
+    failure; return when there is none."""
+    for kind in (EndpointFatalError, TransportError):
+        inner = find_in_chain(exc, kind)
+        if inner is not None:
+            raise inner from None
 
 
 def find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

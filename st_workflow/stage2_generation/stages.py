@@ -40,6 +40,7 @@ from st_workflow.stage2_generation.accounting import Ledger
 from st_workflow.stage2_generation.availability import llm_skip_reason
 from st_workflow.stage2_generation.cache import LLMCache
 from st_workflow.stage2_generation.clients import instructor_client, make_openai_client, resolve_api_key
+from st_workflow.stage2_generation.columns import usage_columns
 from st_workflow.stage2_generation.documents import Doc, load_documents
 from st_workflow.stage2_generation.engine import Job, Outcome, execute, run_sync
 from st_workflow.stage2_generation.gates import QA_TYPE, TERM_TYPE, Candidate, LeakageIndex, apply_gates
@@ -64,15 +65,40 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
-# ---------------------------------------------------------------------- availability
 # ---------------------------------------------------------------------- helpers
 def _price(cfg: PipelineConfig) -> Any:
     return cfg.generation.execution.prices.get(cfg.generation.endpoint.model)
 
 
-def _endpoint_identity(cfg: PipelineConfig) -> dict[str, Any]:
+def _llm_stage_key(cfg: PipelineConfig, stage: str, upstream: list[Manifest], **specific: Any) -> str:
+    """Cache key of an LLM stage: what every call depends on (endpoint, re-asks, price, inputs, code) plus
+    ``specific`` (the stage's own config section and prompt versions)."""
     ep = cfg.generation.endpoint
-    return {"model": ep.model, "temperature": ep.temperature, "max_tokens": ep.max_tokens, "seed": ep.seed}
+    price = _price(cfg)
+    return stable_hash(
+        {
+            "stage": stage,
+            "endpoint": {
+                "model": ep.model,
+                "temperature": ep.temperature,
+                "max_tokens": ep.max_tokens,
+                "seed": ep.seed,
+            },
+            **specific,
+            "max_reasks": cfg.generation.execution.max_reasks,
+            "price": stable_hash(price) if price else None,
+            "upstream": [m.content_hash for m in upstream],
+            "code": code_version(_CODE),
+        }
+    )
+
+
+def _reuse(cfg: PipelineConfig, log: Any, stage: str, stage_dir: Path, key: str) -> Manifest | None:
+    """The stage's committed output when caching is on and its key matches (inputs, config and code unchanged)."""
+    if cfg.orchestration.cache and (hit := reusable(stage_dir, key)) is not None:
+        log.info("%s: reusing %s (inputs, config and code unchanged)", stage, stage_dir)
+        return hit
+    return None
 
 
 def _staging_dir(stage_dir: Path) -> Path:
@@ -101,16 +127,6 @@ def _group_jobs(docs: list[Doc], make: Any) -> tuple[list[Job], dict[str, list[D
             jobs.append(job)
         groups[job.key].append(d)
     return jobs, groups
-
-
-def _usage_cols(entry: dict[str, Any], first: bool) -> dict[str, Any]:
-    u = entry.get("usage", {}) if first else {}
-    return {
-        "prompt_tokens": int(u.get("prompt_tokens", 0)),
-        "completion_tokens": int(u.get("completion_tokens", 0)),
-        "requests": int(u.get("requests", 0)),
-        "cost_usd": float(u.get("cost_usd", 0.0)),
-    }
 
 
 def _failure(doc: Doc, o: Outcome, task: str) -> dict[str, Any]:
@@ -280,20 +296,14 @@ def run_relevancy_filter(
         return None
     judge = rel_mod.RelevancyJudge(gen)
     stage_dir = Path(out_dir) if out_dir else cfg.stage_dir(STAGE_FILTER)
-    key = stable_hash(
-        {
-            "stage": STAGE_FILTER,
-            "endpoint": _endpoint_identity(cfg),
-            "filter": gen.filter.model_dump(mode="json"),
-            "max_reasks": gen.execution.max_reasks,
-            "prompt": judge.prompt_version,
-            "price": stable_hash(_price(cfg)) if _price(cfg) else None,
-            "upstream": [m.content_hash for m in doc_manifests],
-            "code": code_version(_CODE),
-        }
+    key = _llm_stage_key(
+        cfg,
+        STAGE_FILTER,
+        doc_manifests,
+        filter=gen.filter.model_dump(mode="json"),
+        prompt=judge.prompt_version,
     )
-    if cfg.orchestration.cache and (hit := reusable(stage_dir, key)) is not None:
-        log.info("llm-filter: reusing %s (inputs, config and code unchanged)", stage_dir)
+    if (hit := _reuse(cfg, log, STAGE_FILTER, stage_dir, key)) is not None:
         return hit
 
     docs = load_documents(doc_manifests)
@@ -317,7 +327,7 @@ def run_relevancy_filter(
                         "quality": v.get("quality"),
                         "reasons": list(v.get("reasons") or []),
                         "kept": judge.kept(v.get("quality")),
-                        **_usage_cols(o.entry, i == 0),
+                        **usage_columns(o.entry, i == 0),
                         "model": gen.endpoint.model,
                         "prompt_version": judge.prompt_version,
                         "cache_key": o.job.key,
@@ -448,21 +458,15 @@ def run_generation(
     generator = gen_mod.PairGenerator(gen)
     stage_dir = Path(out_dir) if out_dir else cfg.stage_dir(STAGE_PAIRS)
     upstream = list(doc_manifests) + ([filter_manifest] if filter_manifest is not None else [])
-    key = stable_hash(
-        {
-            "stage": STAGE_PAIRS,
-            "endpoint": _endpoint_identity(cfg),
-            "pairs": gen.pairs.model_dump(mode="json"),
-            "filter_before_generation": gen.filter_before_generation,
-            "max_reasks": gen.execution.max_reasks,
-            "prompts": {t: generator.prompt_version(t) for t in (gen_mod.QA, gen_mod.TERMS)},
-            "price": stable_hash(_price(cfg)) if _price(cfg) else None,
-            "upstream": [m.content_hash for m in upstream],
-            "code": code_version(_CODE),
-        }
+    key = _llm_stage_key(
+        cfg,
+        STAGE_PAIRS,
+        upstream,
+        pairs=gen.pairs.model_dump(mode="json"),
+        filter_before_generation=gen.filter_before_generation,
+        prompts={t: generator.prompt_version(t) for t in (gen_mod.QA, gen_mod.TERMS)},
     )
-    if cfg.orchestration.cache and (hit := reusable(stage_dir, key)) is not None:
-        log.info("llm-pairs: reusing %s (inputs, config and code unchanged)", stage_dir)
+    if (hit := _reuse(cfg, log, STAGE_PAIRS, stage_dir, key)) is not None:
         return hit
 
     docs = load_documents(doc_manifests, gen.pairs.sources or None)
@@ -492,7 +496,7 @@ def run_generation(
                         "status": o.entry.get("meta", {}).get("status", "ok"),
                         "question_context": v.get("question_context") or [],
                         "search_terms": v.get("search_terms") or [],
-                        **_usage_cols(o.entry, i == 0),
+                        **usage_columns(o.entry, i == 0),
                         "model": gen.endpoint.model,
                         "prompt_version": generator.prompt_version(task),
                         "cache_key": o.job.key,
@@ -625,8 +629,7 @@ def run_gates(
             "code": code_version(_CODE),
         }
     )
-    if cfg.orchestration.cache and (hit := reusable(stage_dir, key)) is not None:
-        log.info("llm-gates: reusing %s (inputs, config and code unchanged)", stage_dir)
+    if (hit := _reuse(cfg, log, STAGE_GATES, stage_dir, key)) is not None:
         return hit
 
     docs = {(d.source, d.id): d for d in load_documents(doc_manifests)}
