@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "st_workflow" / "data" / "samples" / "arxiv"
@@ -160,18 +161,14 @@ def main() -> int:
         "goal": ">= 20,000 records/s",
         "snapshot": gen,
         "runs": runs,
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "note": "shared 2-core machine: other agents ran CPU-heavy jobs at the same time, so numbers are a floor",
-        },
+        "machine": machine(
+            "shared 2-core machine: other agents ran CPU-heavy jobs at the same time, so numbers are a floor"
+        ),
         "command": "python benchmarks/arxiv_ingest.py"
         + ("" if args.lines == 1_000_000 else f" --lines {args.lines}"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

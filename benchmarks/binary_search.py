@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _report import machine, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -125,17 +125,13 @@ def main() -> int:
         "top_k_overlap_binary_vs_float32": round(overlap, 4),
         "meets_goal": speedup >= 15 and size_ratio >= 32,
         "data_generation_s": round(gen_s, 2),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(),
-            "note": "shared 2-core machine: other agents' jobs ran concurrently; see loadavg_before_after",
-        },
+        "machine": machine(
+            "shared 2-core machine: other agents' jobs ran concurrently; see loadavg_before_after",
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+        ),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(
         json.dumps(
             {

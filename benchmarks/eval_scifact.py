@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -134,17 +135,13 @@ def main() -> int:
         "warm_metrics_identical": warm["metrics"] == cold["metrics"],
         "meets_goal": cold_time["wall_s"] <= st_time["wall_s"]
         and warm_time["wall_s"] <= 0.2 * st_time["wall_s"],
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(),
-            "note": "shared 2-core machine: other agents' jobs ran concurrently; compare cpu_s and loadavg",
-        },
+        "machine": machine(
+            "shared 2-core machine: other agents' jobs ran concurrently; compare cpu_s and loadavg",
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+        ),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(
         json.dumps({k: report[k] for k in ("ratio_cold", "ratio_warm", "reproduces_published", "meets_goal")})
     )

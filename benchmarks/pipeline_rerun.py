@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,16 +66,10 @@ def main() -> None:
         "ratio": round(second / first, 4),
         "goal_ratio_max": 0.05,
         "meets_goal": second / first <= 0.05,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "note": "each run is a fresh process incl. Prefect ephemeral API start-up; the machine may be shared",
     }
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_report(REPO / args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "st_workflow" / "data" / "samples"
@@ -266,13 +267,10 @@ def main() -> None:
         "max_seq_length": args.max_len,
         "steps": args.steps,
         "repeats": args.repeats,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(
+            loadavg_before=[round(x, 2) for x in load_before],
+            loadavg_after=[round(x, 2) for x in os.getloadavg()],
+        ),
         "results": results,
     }
     for other in ("plain", "original"):
@@ -283,8 +281,7 @@ def main() -> None:
             summary[f"ratio_ours_vs_{other}_overall"] = round(
                 results["ours"]["samples_per_second"] / results[other]["samples_per_second"], 3
             )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out, summary)
     print(json.dumps({k: v for k, v in summary.items() if k.startswith("ratio")}, indent=2))
     print(f"written to {args.out}")
 
