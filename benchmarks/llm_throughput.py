@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from _report import machine, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from st_workflow.config import load_config  # noqa: E402
 from st_workflow.manifest import Manifest  # noqa: E402
-from st_workflow.schemas import DOCUMENT_SCHEMA, content_hash  # noqa: E402
+from st_workflow.testing.documents import write_documents  # noqa: E402
 
 _TOPICS = [
     ("sea surface temperature", "MODIS", "Aqua"),
@@ -76,24 +74,6 @@ def synthetic_docs(n: int, seed: int = 0) -> list[dict[str, str]]:
             }
         )
     return docs
-
-
-def write_docs(directory: Path, rows: list[dict[str, str]]) -> Manifest:
-    directory.mkdir(parents=True, exist_ok=True)
-    full = [
-        {**r, "url": None, "metadata": "{}", "content_hash": content_hash(r["title"], r["text"])}
-        for r in rows
-    ]
-    pq.write_table(pa.Table.from_pylist(full, schema=DOCUMENT_SCHEMA), directory / "documents.parquet")
-    m = Manifest.build(
-        stage="ingest",
-        name="bench",
-        directory=directory,
-        files={"documents": ("documents.parquet", len(full))},
-        counts={"kept": len(full)},
-    )
-    m.write()
-    return m
 
 
 def start_server(latency: float, work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -188,7 +168,7 @@ def main() -> None:
     from st_workflow.stage2_generation import run_generation
 
     work = Path(tempfile.mkdtemp(prefix="st-llm-bench-"))
-    docs = [write_docs(work / "ingest", synthetic_docs(args.docs))]
+    docs = [write_documents(work / "ingest", synthetic_docs(args.docs), "bench")]
     results = []
     try:
         for latency in args.latency:

@@ -6,13 +6,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from st_workflow.config import PipelineConfig, load_config
 from st_workflow.manifest import Manifest
-from st_workflow.schemas import DOCUMENT_SCHEMA, content_hash, normalize_whitespace
+from st_workflow.schemas import normalize_whitespace
+from st_workflow.testing.documents import write_documents
 from st_workflow.testing.openai_server import OpenAICompatServer
 
 SECRET = "sk-test-SECRET-9f8e7d6c5b4a"
@@ -59,25 +58,6 @@ def _cmr(samples: Path, n: int) -> list[dict]:
     return rows
 
 
-def write_docs(directory: Path, rows: list[dict], name: str) -> Manifest:
-    """An ingest-style output: documents.parquet + manifest.json."""
-    directory.mkdir(parents=True, exist_ok=True)
-    full = [
-        {**r, "url": None, "metadata": "{}", "content_hash": content_hash(r["title"], r["text"])}
-        for r in rows
-    ]
-    pq.write_table(pa.Table.from_pylist(full, schema=DOCUMENT_SCHEMA), directory / "documents.parquet")
-    m = Manifest.build(
-        stage="ingest",
-        name=name,
-        directory=directory,
-        files={"documents": ("documents.parquet", len(full))},
-        counts={"kept": len(full)},
-    )
-    m.write()
-    return m
-
-
 @pytest.fixture(scope="session")
 def doc_rows(samples_dir: Path) -> dict[str, list[dict]]:
     """Real arXiv abstracts (question/context generation) and CMR collections (search-terms only)."""
@@ -86,7 +66,7 @@ def doc_rows(samples_dir: Path) -> dict[str, list[dict]]:
 
 @pytest.fixture
 def docs(tmp_path: Path, doc_rows: dict[str, list[dict]]) -> list[Manifest]:
-    return [write_docs(tmp_path / "ingest" / s, rows, s) for s, rows in doc_rows.items()]
+    return [write_documents(tmp_path / "ingest" / s, rows, s) for s, rows in doc_rows.items()]
 
 
 @pytest.fixture

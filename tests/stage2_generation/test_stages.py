@@ -21,9 +21,10 @@ from st_workflow.stage2_generation import (
 )
 from st_workflow.stage2_generation.generate import GENERATED_SCHEMA
 from st_workflow.stage2_generation.shards import read_shards
+from st_workflow.testing.documents import write_documents
 from st_workflow.testing.openai_server import Faults, OpenAICompatServer
 
-from .conftest import SECRET, make_cfg, write_docs
+from .conftest import SECRET, make_cfg
 
 CLIENT_LOGGERS = (
     "st_workflow",
@@ -47,8 +48,8 @@ def test_filter_generate_gates_end_to_end(
     # A duplicate of an arXiv document under another id: same content, so it must not cost a second call.
     dup = {**doc_rows["arxiv"][0], "id": "dup-of-first"}
     docs = [
-        write_docs(tmp_path / "ingest" / "arxiv", [*doc_rows["arxiv"], dup], "arxiv"),
-        write_docs(tmp_path / "ingest" / "cmr", doc_rows["cmr"], "cmr"),
+        write_documents(tmp_path / "ingest" / "arxiv", [*doc_rows["arxiv"], dup], "arxiv"),
+        write_documents(tmp_path / "ingest" / "cmr", doc_rows["cmr"], "cmr"),
     ]
     poor = doc_rows["arxiv"][1]["title"]
     llm_server.qualities[poor] = "POOR"
@@ -283,7 +284,7 @@ def test_latex_braces_reach_the_model_unchanged(tmp_path: Path, llm_server: Open
         "The renormalisation scale dependence is reduced by a factor of three compared with the tree level."
     )
     docs = [
-        write_docs(
+        write_documents(
             tmp_path / "ingest" / "arxiv",
             [{"id": "x1", "source": "arxiv", "title": "MSSM Higgs mass", "text": text}],
             "arxiv",
