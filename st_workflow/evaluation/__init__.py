@@ -17,8 +17,7 @@ for its config types stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from st_workflow.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate_stage": "stage",
@@ -49,17 +48,4 @@ _EXPORTS = {
     "BenchmarkIREvaluator": "trainer_evaluator",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

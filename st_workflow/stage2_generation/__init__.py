@@ -15,34 +15,27 @@ SDK and Pydantic AI (seconds on a small machine, and most of an unchanged re-run
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from st_workflow.lazy import lazy_exports
 
 _EXPORTS = {
-    "ContentQuality": "st_workflow.stage2_generation.models",
-    "GeneratedPairs": "st_workflow.stage2_generation.models",
-    "Quality": "st_workflow.stage2_generation.models",
-    "QueryContextPair": "st_workflow.stage2_generation.models",
-    "SearchTerms": "st_workflow.stage2_generation.models",
-    "ARTIFACT_KEY": "st_workflow.stage2_generation.report",
-    "build_summary": "st_workflow.stage2_generation.report",
-    "publish_artifact": "st_workflow.stage2_generation.report",
-    "summary_rows": "st_workflow.stage2_generation.report",
-    "EndpointFatalError": "st_workflow.stage2_generation.resilience",
-    "STAGE_FILTER": "st_workflow.stage2_generation.stages",
-    "STAGE_GATES": "st_workflow.stage2_generation.stages",
-    "STAGE_PAIRS": "st_workflow.stage2_generation.stages",
-    "run_gates": "st_workflow.stage2_generation.stages",
-    "run_generation": "st_workflow.stage2_generation.stages",
-    "run_relevancy_filter": "st_workflow.stage2_generation.stages",
-    "llm_configured": "st_workflow.stage2_generation.availability",
-    "llm_skip_reason": "st_workflow.stage2_generation.availability",
+    "ContentQuality": "models",
+    "GeneratedPairs": "models",
+    "Quality": "models",
+    "QueryContextPair": "models",
+    "SearchTerms": "models",
+    "ARTIFACT_KEY": "report",
+    "build_summary": "report",
+    "publish_artifact": "report",
+    "summary_rows": "report",
+    "EndpointFatalError": "resilience",
+    "STAGE_FILTER": "stages",
+    "STAGE_GATES": "stages",
+    "STAGE_PAIRS": "stages",
+    "run_gates": "stages",
+    "run_generation": "stages",
+    "run_relevancy_filter": "stages",
+    "llm_configured": "availability",
+    "llm_skip_reason": "availability",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'st_workflow.stage2_generation' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,35 +12,28 @@ launch shim) starts without importing torch twice over.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from st_workflow.lazy import lazy_exports
 
 _EXPORTS = {
-    "pretokenize_stage": "st_workflow.training.pretokenize",
-    "build_sources": "st_workflow.training.pretokenize",
-    "train_stage": "st_workflow.training.stage",
-    "resolve_resume": "st_workflow.training.stage",
-    "TrainingCancelled": "st_workflow.training.launcher",
-    "TrainingTimeout": "st_workflow.training.launcher",
-    "TrainingFailed": "st_workflow.training.launcher",
-    "build_command": "st_workflow.training.launcher",
-    "run_process_group": "st_workflow.training.launcher",
-    "Binarize": "st_workflow.training.binarization",
-    "add_binarization": "st_workflow.training.binarization",
-    "binarize_model": "st_workflow.training.binarization",
-    "load_binary_model": "st_workflow.training.binarization",
-    "MultiSourceBatchSampler": "st_workflow.training.samplers",
-    "SourceIndex": "st_workflow.training.samplers",
-    "PreTokenizedCollator": "st_workflow.training.collator",
-    "build_scheduler": "st_workflow.training.schedules",
-    "ripple_lr": "st_workflow.training.schedules",
-    "open_source": "st_workflow.training.sources",
+    "pretokenize_stage": "pretokenize",
+    "build_sources": "pretokenize",
+    "train_stage": "stage",
+    "resolve_resume": "stage",
+    "TrainingCancelled": "launcher",
+    "TrainingTimeout": "launcher",
+    "TrainingFailed": "launcher",
+    "build_command": "launcher",
+    "run_process_group": "launcher",
+    "Binarize": "binarization",
+    "add_binarization": "binarization",
+    "binarize_model": "binarization",
+    "load_binary_model": "binarization",
+    "MultiSourceBatchSampler": "samplers",
+    "SourceIndex": "samplers",
+    "PreTokenizedCollator": "collator",
+    "build_scheduler": "schedules",
+    "ripple_lr": "schedules",
+    "open_source": "sources",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'st_workflow.training' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
