@@ -23,16 +23,15 @@ import orjson
 
 from st_workflow.ingest import arxiv
 from st_workflow.ingest.documents import (
-    INVALID_JSON,
     REJECT,
     TOO_LARGE,
-    UNDECODABLE,
     Bounds,
     Candidate,
     Prepared,
     excerpt,
     prepare,
 )
+from st_workflow.ingest.readers import line_problem
 
 BLOCK_BYTES = 4 * 1024 * 1024
 MAX_AUTO_WORKERS = 4
@@ -96,21 +95,14 @@ def prepare_arxiv_block(
             continue
         try:
             obj = orjson.loads(line)
-        except orjson.JSONDecodeError as err:
-            if not line.strip():
-                continue
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as ue:
-                out.append((REJECT, UNDECODABLE, None, f"line is not UTF-8: {ue}", loc, None, excerpt(line)))
-                continue
-            message = str(err)
+        except orjson.JSONDecodeError:
             if has_newline:  # word the error exactly as the line-by-line reader (which sees the newline) does
                 try:
                     orjson.loads(line + b"\n")
                 except orjson.JSONDecodeError as e2:
-                    message = str(e2)
-            out.append((REJECT, INVALID_JSON, None, f"not valid JSON: {message}", loc, None, excerpt(line)))
+                    err = e2
+            if (problem := line_problem(line, err)) is not None:
+                out.append((REJECT, problem[0], None, problem[1], loc, None, excerpt(line)))
             continue
         c = arxiv.snapshot_candidate(obj, loc, prefixes)
         if c is arxiv.FILTERED:

@@ -46,16 +46,22 @@ def iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Record]:
             try:
                 yield orjson.loads(line), f"{name}:{lineno}"
             except orjson.JSONDecodeError as e:
-                if not line.strip():
-                    continue
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as ue:
-                    yield Rejection(
-                        UNDECODABLE, None, f"line is not UTF-8: {ue}", f"{name}:{lineno}", raw=line
-                    )
-                else:
-                    yield Rejection(INVALID_JSON, None, f"not valid JSON: {e}", f"{name}:{lineno}", raw=line)
+                if (problem := line_problem(line, e)) is not None:
+                    yield Rejection(problem[0], None, problem[1], f"{name}:{lineno}", raw=line)
+
+
+def line_problem(line: bytes, error: orjson.JSONDecodeError) -> tuple[str, str] | None:
+    """``(reason, detail)`` of a JSON Lines line that did not parse, or None for a blank line (skipped).
+
+    The serial reader and the parallel arXiv reader both use it, so a file quarantines the same lines either way.
+    """
+    if not line.strip():
+        return None
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as ue:
+        return UNDECODABLE, f"line is not UTF-8: {ue}"
+    return INVALID_JSON, f"not valid JSON: {error}"
 
 
 def iter_csv(path: Path, max_record_bytes: int) -> Iterator[Record]:
