@@ -77,16 +77,18 @@ def natural_pairs_task(
 
 
 _LLM_CACHE = ManifestCachePolicy(sections=("generation",), code=("stage2_generation",))
+# The tasks that call the endpoint retry its transient faults (rate limits, 5xx, timeouts) twice, minutes apart;
+# finished documents are in the LLM cache, so a retry pays only for the rest.
+_LLM_CALLS = {
+    "cache_policy": _LLM_CACHE,
+    "persist_result": True,
+    "retries": 2,
+    "retry_delay_seconds": [30, 120],
+    "retry_condition_fn": transient_error,
+}
 
 
-@task(
-    name="relevancy-filter",
-    cache_policy=_LLM_CACHE,
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[30, 120],
-    retry_condition_fn=transient_error,
-)
+@task(name="relevancy-filter", **_LLM_CALLS)
 def relevancy_filter_task(
     cfg: PipelineConfig, doc_manifests: list[Manifest], shard: str | None = None
 ) -> Manifest | None:
@@ -97,21 +99,14 @@ def relevancy_filter_task(
     m = run_relevancy_filter(cfg, doc_manifests, out_dir=_shard_dir(cfg, STAGE_FILTER, shard))
     if m is not None:
         publish_table(
-            "relevancy-filter",
+            _shard_key("relevancy-filter", shard),
             [{"stage": "relevancy filter", **m.counts, **_cost(m)}],
             "Documents judged and kept, tokens and cost",
         )
     return m
 
 
-@task(
-    name="generate-pairs",
-    cache_policy=_LLM_CACHE,
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[30, 120],
-    retry_condition_fn=transient_error,
-)
+@task(name="generate-pairs", **_LLM_CALLS)
 def generate_pairs_task(
     cfg: PipelineConfig,
     doc_manifests: list[Manifest],
@@ -125,7 +120,7 @@ def generate_pairs_task(
     m = run_generation(cfg, doc_manifests, filter_manifest, out_dir=_shard_dir(cfg, STAGE_PAIRS, shard))
     if m is not None:
         publish_table(
-            f"generate-pairs{'-' + shard if shard else ''}",
+            _shard_key("generate-pairs", shard),
             [{"stage": "generation", **m.counts, **_cost(m)}],
             "Documents, generated pairs, tokens and cost",
         )
@@ -179,6 +174,11 @@ def assemble_pairs_task(
 def _shard_dir(cfg: PipelineConfig, stage: str, shard: str | None) -> Path | None:
     """Per-source directory of a fanned-out LLM stage (``<run>/<stage>/<source>``); None keeps the default."""
     return cfg.stage_dir(stage) / shard if shard else None
+
+
+def _shard_key(key: str, shard: str | None) -> str:
+    """Artifact key of a fanned-out stage: one per source shard, so shards do not overwrite each other's table."""
+    return f"{key}-{shard}" if shard else key
 
 
 def _cost(m: Manifest) -> dict[str, float]:
