@@ -95,44 +95,20 @@ def test_command_errors_have_distinct_exit_codes(
     assert main(["generate", *_doc_args(docs), "--out", str(tmp_path / "o"), *_sets(tmp_path)]) == 2
     assert "no endpoint configured" in capsys.readouterr().err
     monkeypatch.setenv("ST_TEST_LLM_KEY", "sk-wrong")
+
+    def run_filter(srv: OpenAICompatServer, *sets: str) -> int:
+        out = str(tmp_path / "o")
+        return main(
+            ["filter", *_doc_args(docs), "--out", out, "--base-url", srv.base_url, *_sets(tmp_path, *sets)]
+        )
+
     with OpenAICompatServer(api_key="sk-right") as srv:
-        rc = main(
-            [
-                "filter",
-                *_doc_args(docs),
-                "--out",
-                str(tmp_path / "o"),
-                "--base-url",
-                srv.base_url,
-                *_sets(tmp_path),
-            ]
-        )
-        assert rc == 3 and "HTTP 401" in capsys.readouterr().err
+        assert run_filter(srv) == 3 and "HTTP 401" in capsys.readouterr().err
     with OpenAICompatServer() as srv:
-        rc = main(
-            [
-                "filter",
-                *_doc_args(docs),
-                "--out",
-                str(tmp_path / "o"),
-                "--base-url",
-                srv.base_url,
-                *_sets(tmp_path, "generation.execution.budget_tokens=1500"),
-            ]
-        )
-        assert rc == 4 and "run the same command again" in capsys.readouterr().err
-        rc = main(
-            [
-                "filter",
-                *_doc_args(docs),
-                "--out",
-                str(tmp_path / "o"),
-                "--base-url",
-                srv.base_url,
-                *_sets(tmp_path),
-            ]
-        )
-        assert rc == 0 and set(srv.calls("relevancy").values()) == {1}  # the re-run finished the rest only
+        assert run_filter(srv, "generation.execution.budget_tokens=1500") == 4
+        assert "run the same command again" in capsys.readouterr().err
+        assert run_filter(srv) == 0
+        assert set(srv.calls("relevancy").values()) == {1}  # the re-run finished the rest only
 
 
 def _cli(cfg_path: Path, docs: list[Manifest], out: Path) -> subprocess.Popen[str]:
