@@ -50,6 +50,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from st_workflow.testing.background import BackgroundHTTPServer
+
 __all__ = ["Faults", "OpenAICompatServer", "document_key", "main"]
 
 _DOC_RE = re.compile(r"<document>\s*\n(.*?)\n\s*</document>", re.S)
@@ -412,7 +414,7 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class OpenAICompatServer:
+class OpenAICompatServer(BackgroundHTTPServer):
     """The server, run in a background thread; use it as a context manager.
 
     Args:
@@ -438,36 +440,14 @@ class OpenAICompatServer:
         self.api_key = api_key
         self.qualities = dict(qualities or {})
         self._stats = _Stats()
-        self._httpd = _Server((host, port), _Handler)
-        self._httpd.owner = self
-        self._thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        httpd = _Server((host, port), _Handler)
+        httpd.owner = self
+        super().__init__(httpd, "openai-stub")
 
     @property
     def base_url(self) -> str:
         """The ``base_url`` to give an OpenAI client (ends in ``/v1``)."""
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> OpenAICompatServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-stub", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> OpenAICompatServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ counts
     def wait_idle(self, timeout: float = 10.0) -> bool:

@@ -60,6 +60,7 @@ from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
 from st_workflow.resources import resolve_path
+from st_workflow.testing.background import BackgroundHTTPServer
 
 SAMPLES = "pkg://samples"
 CMR_DUMP = "cmr/collections.umm_json.nasa-cmr-inventory.dedup1433.trimmed.jsonl"
@@ -701,7 +702,7 @@ def _atom(entries: list[dict[str, Any]], total: int, start: int, query: str) -> 
 
 
 # ================================================================================================ the server
-class ReplayServer:
+class ReplayServer(BackgroundHTTPServer):
     """CMR + PDS + arXiv replay on ``127.0.0.1`` (a free port unless ``port`` is given); a context manager.
 
     Attributes:
@@ -729,16 +730,11 @@ class ReplayServer:
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        httpd.daemon_threads = True
+        super().__init__(httpd, "replay-server")
 
-    # ------------------------------------------------------------------ lifecycle
-    @property
-    def port(self) -> int:
-        """The port the server listens on."""
-        return int(self._httpd.server_address[1])
-
+    # ------------------------------------------------------------------ addresses
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>``."""
@@ -759,25 +755,10 @@ class ReplayServer:
         """Value for ``ArxivApiConfig.base_url``."""
         return f"{self.url}/api/query"
 
-    def start(self) -> ReplayServer:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="replay-server", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Stop serving and release the port (stalled responses are cut short)."""
         self._closing.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> ReplayServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     # ------------------------------------------------------------------ faults
     def inject(
