@@ -16,6 +16,20 @@ from st_workflow.schemas import PAIR_SCHEMA, normalize_whitespace
 TINY = "tiny-bert:hidden=32,layers=2,heads=2,vocab=2000,max_len=128"
 
 
+def _natural_pair(title: str, positive: str, type_: str, source: str, doc_id: str) -> dict:
+    return {
+        "anchor": normalize_whitespace(title),
+        "positive": normalize_whitespace(positive),
+        "negative": None,
+        "type": type_,
+        "source": source,
+        "synthesized": False,
+        "doc_id": doc_id,
+        "model": None,
+        "prompt_version": None,
+    }
+
+
 def sample_pairs(samples_dir: Path, n_arxiv: int = 80, n_pds: int = 80) -> list[dict]:
     """Natural pairs from the real bundled records: arXiv title -> abstract, PDS title -> description."""
     rows: list[dict] = []
@@ -25,19 +39,7 @@ def sample_pairs(samples_dir: Path, n_arxiv: int = 80, n_pds: int = 80) -> list[
         for line in fh:
             r = json.loads(line)
             if r.get("title") and r.get("abstract"):
-                rows.append(
-                    {
-                        "anchor": normalize_whitespace(r["title"]),
-                        "positive": normalize_whitespace(r["abstract"]),
-                        "negative": None,
-                        "type": "title-abstract",
-                        "source": "arxiv",
-                        "synthesized": False,
-                        "doc_id": r["id"],
-                        "model": None,
-                        "prompt_version": None,
-                    }
-                )
+                rows.append(_natural_pair(r["title"], r["abstract"], "title-abstract", "arxiv", r["id"]))
             if len(rows) >= n_arxiv:
                 break
     k = 0
@@ -48,17 +50,7 @@ def sample_pairs(samples_dir: Path, n_arxiv: int = 80, n_pds: int = 80) -> list[
             r = json.loads(line)
             if r.get("title") and r.get("description") and k < n_pds:
                 rows.append(
-                    {
-                        "anchor": normalize_whitespace(r["title"]),
-                        "positive": normalize_whitespace(r["description"]),
-                        "negative": None,
-                        "type": "title-description",
-                        "source": "pds",
-                        "synthesized": False,
-                        "doc_id": r["lidvid"],
-                        "model": None,
-                        "prompt_version": None,
-                    }
+                    _natural_pair(r["title"], r["description"], "title-description", "pds", r["lidvid"])
                 )
                 k += 1
     return rows
