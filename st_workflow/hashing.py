@@ -67,6 +67,20 @@ def stable_hash(obj: Any, length: int | None = None) -> str:
     return digest[:length] if length else digest
 
 
+def seeded_unit(seed: int, *parts: str) -> float:
+    """A seeded uniform number in [0, 1) from ``sha256("<seed>:<part>:<part>...")``: the same in every process.
+
+    Every seeded choice of a subset (held-out families, validation queries) uses it, so adding items never moves
+    an existing one across the line.
+
+    Example:
+        >>> 0.0 <= seeded_unit(42, "cmr", "C1-PODAAC") < 1.0
+        True
+    """
+    digest = hashlib.sha256(":".join([str(seed), *parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def combine_hashes(parts: Iterable[str]) -> str:
     """Order-sensitive combination of several hex digests into one."""
     h = hashlib.sha256()

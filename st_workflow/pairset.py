@@ -1,8 +1,10 @@
 """The ``pairs`` stage: one training pairs dataset from the natural and the gated synthetic pairs.
 
 It is the last line of defence before training: it re-checks the schema, removes exact duplicate
-(anchor, positive) pairs across sources and drops any pair whose anchor or positive equals a text of any configured
-benchmark (held-out in-domain benchmark and local benchmarks alike), counting each removal.
+(anchor, positive) pairs across sources and drops every pair that leaks into a configured benchmark (the held-out
+in-domain benchmark and local benchmarks alike) by :mod:`st_workflow.leakage`'s rule, counting each removal per
+benchmark. When the rules leave no pair at all, the stage fails at once, naming each benchmark, its count and the
+option that sets its strictness.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import pyarrow.parquet as pq
 
 from st_workflow import atomic
 from st_workflow.config import PipelineConfig
-from st_workflow.hashing import code_version, sha256_file, stable_hash
-from st_workflow.leakage import BenchmarkTexts
+from st_workflow.hashing import code_version, stable_hash
+from st_workflow.leakage import BenchmarkGuard, LeakageTarget, benchmarks_hash, check_all_not_dropped
 from st_workflow.log import get_logger
 from st_workflow.manifest import Manifest, reusable
+from st_workflow.near_duplicates import NearDuplicateRule
 from st_workflow.schemas import PAIR_SCHEMA, normalize_for_match, schema_dict
 
 STAGE = "pairs"
@@ -33,22 +36,29 @@ def _read_pairs(m: Manifest) -> pa.Table:
 
 
 def assemble_pairs(
-    cfg: PipelineConfig, pair_manifests: list[Manifest], benchmark_dirs: list[Path]
+    cfg: PipelineConfig,
+    pair_manifests: list[Manifest],
+    benchmarks: list[LeakageTarget | dict[str, str] | str | Path],
 ) -> Manifest:
-    """Concatenate, de-duplicate and leakage-check pair sets into ``<run>/pairs/pairs.parquet``."""
+    """Concatenate, de-duplicate and leakage-check pair sets into ``<run>/pairs/pairs.parquet``.
+
+    Args:
+        benchmarks: the benchmarks to guard (:func:`st_workflow.leakage.leakage_targets`); a bare directory is
+            guarded with the default ``answers`` rule.
+
+    Raises:
+        LeakageError: the leakage rules dropped every pair.
+    """
     out_dir = cfg.stage_dir(STAGE)
     manifests = [m for m in pair_manifests if m is not None]
-    bench_ids = sorted(str(Path(d).resolve()) for d in benchmark_dirs)
-    bench_hash = stable_hash(
-        {d: sha256_file(Path(d) / "queries.jsonl") + sha256_file(Path(d) / "corpus.jsonl") for d in bench_ids}
-    )
+    targets = [LeakageTarget.coerce(b) for b in benchmarks]
     key = stable_hash(
         {
             "stage": STAGE,
             "inputs": [m.content_hash for m in manifests],
-            "benchmarks": bench_hash,
+            "benchmarks": benchmarks_hash(targets),
             "config": cfg.section_hash("pairs"),
-            "code": code_version("pairset", "leakage"),
+            "code": code_version("pairset", "leakage", "near_duplicates"),
         }
     )
     if hit := reusable(out_dir, key):
@@ -66,19 +76,30 @@ def assemble_pairs(
         k = (normalize_for_match(a), normalize_for_match(p))
         keep_dup.append(k not in seen)
         seen.add(k)
-    table = table.filter(pa.array(keep_dup))
+    table = table.filter(pa.array(keep_dup, type=pa.bool_()))
     n_dupes = n_in - table.num_rows
 
-    texts = BenchmarkTexts.from_dirs(bench_ids)
-    leak_mask = [
-        texts.leaks(a) or texts.leaks(p)
-        for a, p in zip(table.column("anchor").to_pylist(), table.column("positive").to_pylist(), strict=True)
-    ]
+    guard = BenchmarkGuard(targets, NearDuplicateRule.from_config(cfg.pairs.near_duplicates))
+    leaked_by: dict[str, int] = {t.name: 0 for t in targets if t.mode != "none"}
+    leak_mask = []
+    for a, p, n in zip(
+        table.column("anchor").to_pylist(),
+        table.column("positive").to_pylist(),
+        table.column("negative").to_pylist(),
+        strict=True,
+    ):
+        leak = guard.check(a, p, n) if guard else None
+        if leak is not None:
+            leaked_by[leak.benchmark] += 1
+        leak_mask.append(leak is not None)
     n_leaked = sum(leak_mask)
     if n_leaked:
         log.warning(
-            "pairs: dropped %d pairs whose text appears in a benchmark (%s)", n_leaked, ", ".join(bench_ids)
+            "pairs: dropped %d pairs that leak into a benchmark (%s)",
+            n_leaked,
+            ", ".join(f"{k} {v}" for k, v in leaked_by.items() if v),
         )
+    check_all_not_dropped(n_in - n_dupes - n_leaked, leaked_by, targets, "pairs")
     table = table.filter(pc.invert(pa.array(leak_mask, type=pa.bool_())))
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +110,7 @@ def assemble_pairs(
         "pairs": table.num_rows,
         "dropped_duplicates": n_dupes,
         "dropped_leaked": n_leaked,
+        **{f"dropped_leaked:{k}": v for k, v in leaked_by.items()},
     }
     for col in ("type", "source"):
         vc = pc.value_counts(table.column(col)).to_pylist() if table.num_rows else []
@@ -102,7 +124,8 @@ def assemble_pairs(
         counts=counts,
         schema=schema_dict(PAIR_SCHEMA),
         config_hash=cfg.section_hash("pairs"),
-        code_version=code_version("pairset", "leakage"),
+        code_version=code_version("pairset", "leakage", "near_duplicates"),
+        metrics={"guarded": guard.describe()},
         cache_key=key,
         upstream=manifests,
     )

@@ -1,22 +1,21 @@
-"""Pair gates: verbatim, standalone, length, exact and near duplicates, leakage against BEIR benchmarks."""
+"""Pair gates: verbatim, standalone, length, exact and near duplicates (the one rule of
+:mod:`st_workflow.near_duplicates`), leakage into BEIR benchmarks (:mod:`st_workflow.leakage`)."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from pathlib import Path
 
-from st_workflow.beir import doc_text, read_corpus, read_queries, write_benchmark
+from st_workflow.beir import doc_text, read_corpus, read_qrels, read_queries, write_benchmark
 from st_workflow.config.generation import GatesConfig
+from st_workflow.leakage import BenchmarkGuard, LeakageTarget
+from st_workflow.near_duplicates import NearDuplicateRule
 from st_workflow.stage2_generation.gates import (
     QA_TYPE,
     TERM_TYPE,
     Candidate,
-    LeakageIndex,
-    _near_duplicates,
     apply_gates,
-    jaccard,
-    shingles,
+    near_duplicate_pairs,
 )
 from st_workflow.stage2_generation.models import vague_reference
 
@@ -94,21 +93,19 @@ def test_near_duplicates_need_both_sides_close() -> None:
     cands = [
         qa(long_q, S3),
         qa(long_q.replace(" ", "  ").upper(), S3 + " "),  # exact after normalisation
-        qa(
-            long_q.replace("Terra?", "Aqua?"), S3
-        ),  # last word changed: 13 of 15 shingles shared, near-duplicate
+        qa(long_q.replace("36", "38"), S3),  # digits only: the same skeleton, a near-duplicate
         qa(
             "Which products use the MODIS 250 m bands and which the 1 km thermal bands?", S3
         ),  # same context only
     ]
-    kept, rejected, _ = apply_gates(cands, GatesConfig(near_duplicate_threshold=0.7, min_context_chars=20))
+    kept, rejected, _ = apply_gates(cands, GatesConfig(min_context_chars=20))
     assert [r["gate"] for r in rejected] == ["exact_duplicate", "near_duplicate"]
     assert len(kept) == 2
 
 
-def test_prefix_filtered_near_duplicate_search_matches_brute_force() -> None:
+def test_near_duplicate_search_matches_brute_force() -> None:
     rng = random.Random(7)
-    words = [f"w{i}" for i in range(40)]
+    words = [f"w{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(40)]
     base = [" ".join(rng.choices(words, k=30)) for _ in range(3)]
     cands = []
     for _ in range(150):
@@ -117,16 +114,13 @@ def test_prefix_filtered_near_duplicate_search_matches_brute_force() -> None:
             for _ in range(rng.randint(0, 2)):
                 seq[rng.randrange(len(seq))] = rng.choice(words)
         cands.append(qa(" ".join(a), " ".join(p)))
-    g = GatesConfig(near_duplicate_threshold=0.8)
-    fast = _near_duplicates(cands, g)
+    rule = NearDuplicateRule(threshold=0.8, ngram=3)
+    fast = near_duplicate_pairs(cands, rule)
     kept: list[int] = []
     brute = []
     for i, c in enumerate(cands):
-        sp, sa = shingles(c.positive, 5), shingles(c.anchor, 5)
         dup = any(
-            jaccard(sp, shingles(cands[j].positive, 5)) >= 0.8
-            and jaccard(sa, shingles(cands[j].anchor, 5)) >= 0.8
-            for j in kept
+            rule.same(c.positive, cands[j].positive) and rule.same(c.anchor, cands[j].anchor) for j in kept
         )
         brute.append(dup)
         if not dup:
@@ -136,50 +130,55 @@ def test_prefix_filtered_near_duplicate_search_matches_brute_force() -> None:
 
 def test_leakage_against_written_benchmark(tmp_path: Path) -> None:
     bench = tmp_path / "bench"
-    write_benchmark(
-        bench,
-        corpus=[("c1", "MODIS instrument", DOC)],
-        queries=[("q1", "How many spectral bands does MODIS measure?")],
-        qrels={"test": [("q1", "c1", 1)]},
-    )
     other = (
         "The Ozone Monitoring Instrument on Aura maps total column ozone and nitrogen dioxide with a "
         "hyperspectral imaging spectrometer that covers the ultraviolet and visible wavelengths daily."
     )
+    write_benchmark(
+        bench,
+        corpus=[("c1", "MODIS instrument", DOC), ("c2", "OMI", other)],
+        queries=[("q1", "How many spectral bands does MODIS measure?")],
+        qrels={"test": [("q1", "c1", 1)]},
+    )
     cands = [
         qa("How many spectral bands does MODIS measure?", S2),  # the benchmark's query
-        qa("Which MODIS bands support sea surface temperature retrievals?", S3),  # a benchmark passage
-        qa("What does the Ozone Monitoring Instrument on Aura map?", other, "d2", other),
-        term("MODIS sea surface temperature"),  # the positive is the benchmark document
+        qa("Which MODIS bands support sea surface temperature retrievals?", S3),  # a passage of the answer
+        qa("What does the Ozone Monitoring Instrument on Aura map?", other, "d2", other),  # corpus, no answer
+        term("MODIS sea surface temperature"),  # the positive is the benchmark's answer document
     ]
-    index = LeakageIndex.from_dirs([bench], n=8)
-    kept, _, report = apply_gates(cands, GatesConfig(min_context_chars=20), index)
+    kept, _, report = apply_gates(cands, GatesConfig(min_context_chars=20), BenchmarkGuard([bench]))
     assert report[-1]["gate"] == "leakage" and report[-1]["dropped"] == 3
     assert [c.doc_id for c in kept] == ["d2"]
+    strict = BenchmarkGuard([{"name": "b", "directory": str(bench), "mode": "corpus"}])
+    kept, _, _ = apply_gates(cands, GatesConfig(min_context_chars=20), strict)
+    assert kept == []  # leakage: corpus also guards documents no query asks for
 
 
 def test_leakage_against_scifact(scifact_dir: Path) -> None:
     corpus = read_corpus(scifact_dir)
-    doc_id, doc = next(iter(corpus.items()))
-    query = next(q for q in read_queries(scifact_dir).values() if len(q) > 20 and vague_reference(q) is None)
+    test_qrels = read_qrels(scifact_dir / "qrels" / "test.tsv")
+    relevant = {d for q in test_qrels.values() for d in q}
+    doc_id = sorted(relevant)[0]
+    doc = corpus[doc_id]
+    unjudged_id = next(k for k in sorted(corpus) if k not in relevant and len(corpus[k]["text"]) > 600)
+    queries = read_queries(scifact_dir)
+    query = next(
+        queries[q] for q in sorted(test_qrels) if len(queries[q]) > 20 and vague_reference(queries[q]) is None
+    )
     abstract = doc["text"]
-    sentence = abstract[: abstract.find(". ", 200) + 1] if abstract.find(". ", 200) > 0 else abstract[:400]
+    sentence = abstract[: abstract.find(". ", 300) + 1] if abstract.find(". ", 300) > 0 else abstract[:500]
     fresh = (
         "Sea surface height anomalies from the SWOT Ka-band interferometer resolve ocean eddies down to fifteen "
         "kilometres, an order of magnitude finer than conventional nadir altimeters."
     )
+    unjudged = corpus[unjudged_id]["text"]
     cands = [
-        qa("What does the SciFact abstract report?", sentence, "s1", abstract),
-        qa(query, fresh, "s2", fresh),
+        qa("What does the SciFact abstract report?", sentence, "s1", abstract),  # a passage of an answer
+        qa(query, fresh, "s2", fresh),  # a SciFact query
         qa("How small are the ocean eddies SWOT resolves?", fresh, "s3", fresh),
         Candidate("a scifact corpus document", doc_text(doc), TERM_TYPE, "arxiv", doc_id, abstract),
+        Candidate("an unjudged scifact document", unjudged, TERM_TYPE, "arxiv", unjudged_id, unjudged),
     ]
-    kept, _, report = apply_gates(
-        cands, GatesConfig(min_context_chars=20), LeakageIndex.from_dirs([scifact_dir], 8)
-    )
-    assert report[-1]["dropped"] == 3 and [c.doc_id for c in kept] == ["s3"]
-
-
-def test_shingles_fall_back_to_characters_for_short_text() -> None:
-    assert shingles("Sea ice", 5) == {"sea", "ea ", "a i", " ic", "ice"}
-    assert len(shingles(" ".join(itertools.repeat("word", 7)), 5)) == 1
+    guard = BenchmarkGuard([LeakageTarget("scifact", str(scifact_dir), "answers", ("test",))])
+    kept, _, report = apply_gates(cands, GatesConfig(min_context_chars=20), guard)
+    assert report[-1]["dropped"] == 3 and [c.doc_id for c in kept] == ["s3", unjudged_id]
