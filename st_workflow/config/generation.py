@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from st_workflow.config.base import Fraction, PositiveInt, SecretRef, StrictModel
+from st_workflow.config.base import PositiveInt, SecretRef, StrictModel
 
 
 class Price(StrictModel):
@@ -137,15 +137,42 @@ class PairGenerationConfig(StrictModel):
         return self
 
 
+class BenchmarkQueriesConfig(StrictModel):
+    """Instructor-written queries of the in-domain IR benchmark: one search per held-out document, in place of its
+    title (documents whose query cannot be written keep their title)."""
+
+    enabled: bool = True
+    """Write LLM queries for the held-out documents when an endpoint is configured (false: titles are the queries)."""
+    prompt: str = "benchmark_query.v1"
+    """Prompt of the query writer (bundled name or file path); its content hash is part of the cache key."""
+    mode: Literal["tools", "json"] = "tools"
+    """Instructor mode: tool calling or JSON output."""
+    max_doc_chars: PositiveInt = 8_000
+    """Documents are cut to this many characters before prompting."""
+    min_query_chars: PositiveInt = 10
+    """Shorter queries are re-asked."""
+    max_query_chars: PositiveInt = 300
+    """Longer queries are re-asked."""
+    title_copy_min_words: int = Field(default=4, ge=0)
+    """A query must not contain the whole title when the title has at least this many words ("What is <title>?"
+    would make retrieval a string match); shorter titles, such as a mission name, may be named whole. 0: only a
+    query equal to the title is refused."""
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> BenchmarkQueriesConfig:
+        _check_order(self.min_query_chars, self.max_query_chars, "min_query_chars", "max_query_chars")
+        return self
+
+
 class GatesConfig(StrictModel):
     """Pair-level quality gates, each reporting its yield."""
 
     require_verbatim_context: bool = True
     """The context must occur in the document (whitespace-normalised)."""
-    near_duplicate_threshold: Fraction = 0.9
-    """Jaccard similarity of word 5-shingles above which a pair is a near-duplicate."""
     leakage_check: bool = True
-    """Drop pairs whose anchor or positive appears in any configured benchmark's queries or corpus."""
+    """Drop pairs that leak into a configured benchmark (:mod:`st_workflow.leakage`: a benchmark query or a
+    document judged relevant to one; each benchmark's ``leakage`` option sets how strict). Near-duplicates follow
+    ``pairs.near_duplicates``, the rule the hold-out and the natural pairs use too."""
     min_query_chars: PositiveInt = 8
     """Shorter queries are dropped."""
     max_query_chars: PositiveInt = 500
@@ -160,13 +187,6 @@ class GatesConfig(StrictModel):
     """Longer search terms are dropped."""
     require_standalone_query: bool = True
     """Drop queries that lean on an unseen document ("this mission", "the paper") instead of naming it."""
-    near_duplicate_ngram: PositiveInt = 5
-    """Word n-gram size of the near-duplicate shingles (texts shorter than that use character 3-grams)."""
-    leakage_ngram: PositiveInt = 8
-    """Word n-gram size used to find benchmark text inside a pair."""
-    leakage_overlap: Fraction = 0.5
-    """A pair leaks when at least this share of its anchor's or positive's n-grams occur in a benchmark's queries
-    or corpus (or its anchor equals a benchmark query)."""
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> GatesConfig:
@@ -194,6 +214,8 @@ class GenerationConfig(StrictModel):
     """Pair generation."""
     gates: GatesConfig = Field(default_factory=GatesConfig)
     """Pair gates."""
+    benchmark_queries: BenchmarkQueriesConfig = Field(default_factory=BenchmarkQueriesConfig)
+    """LLM-written queries of the held-out in-domain benchmark."""
     filter_before_generation: bool = True
     """Judge documents before generating (cheaper: rejected documents cost no generation call). When false, pairs
     are generated for every document (the two stages may then run side by side) and the gates drop the pairs of

@@ -76,21 +76,44 @@ class NaturalPairsConfig(StrictModel):
 
 
 class HoldoutConfig(StrictModel):
-    """The in-domain IR benchmark held out from training (BEIR layout), as the original built NASA SDE IR."""
+    """The in-domain IR benchmark held out from training (BEIR layout), as the original built NASA SDE IR.
+
+    Queries come from the held-out documents; the corpus is the whole collection (training documents are the
+    distractors); near-duplicate families are held out whole; queries are split into seeded validation and test
+    sets (choices use validation, reports show test).
+    """
 
     enabled: bool = True
     """Hold out documents and write a benchmark."""
     name: str = "in-domain"
     """Benchmark name (directory under the run and key in reports)."""
     fraction: Fraction = 0.1
-    """Share of each source's documents held out (chosen by a seeded hash of the document id)."""
+    """Share of near-duplicate families held out (chosen by a seeded hash of the family's first document)."""
     max_queries_per_source: PositiveInt | None = None
-    """Cap on held-out documents per source."""
+    """Cap on held-out documents per source (whole families are added in seeded order while they fit)."""
+    validation_fraction: Fraction = 0.5
+    """Share of held-out families whose queries form the ``validation`` split (the rest is ``test``); 0 writes
+    only ``test``."""
+    queries: Literal["auto", "title", "llm"] = "auto"
+    """``title``: a held-out document's title is its query; ``llm``: the LLM endpoint writes a question a
+    scientist would type, grounded in the document (titles where it fails); ``auto``: ``llm`` when an endpoint
+    is configured, else ``title``."""
     per_source_qrels: bool = True
-    """Also write one qrels file per source (``qrels/<pair type>~<source>.tsv``) besides ``test.tsv``."""
-    corpus_title: bool = False
-    """Also put the document title in the corpus entry's ``title`` field. Off by default: the queries ARE the
-    titles, so a titled corpus turns retrieval into string matching and the benchmark stops measuring anything."""
+    """Also write one test qrels file per source (``qrels/<pair type>~<source>.tsv``) besides ``test.tsv``."""
+    corpus_title: bool | None = None
+    """Put the document title in the corpus entry's ``title`` field. Unset: only when the queries are not the
+    titles themselves (a titled corpus would turn title queries into string matching)."""
+
+
+class NearDuplicateConfig(StrictModel):
+    """The one near-duplicate rule (:mod:`st_workflow.near_duplicates`) of the hold-out families, the leakage
+    checks and the synthetic-pair gate."""
+
+    threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    """Jaccard similarity of skeleton word shingles at or above which two texts are near-duplicates (texts
+    whose skeletons, digits masked, are equal always are)."""
+    ngram: PositiveInt = 3
+    """Words per shingle (shorter texts use character 3-grams)."""
 
 
 class PairsConfig(StrictModel):
@@ -104,3 +127,5 @@ class PairsConfig(StrictModel):
     """Pairs with a shorter anchor are dropped (counted)."""
     min_positive_chars: PositiveInt = 20
     """Pairs with a shorter positive are dropped (counted)."""
+    near_duplicates: NearDuplicateConfig = Field(default_factory=NearDuplicateConfig)
+    """When two texts are the same text (hold-out families, leakage, synthetic-pair dedup)."""

@@ -1,14 +1,14 @@
 """Natural pairs: arXiv title -> abstract, CMR/PDS title -> structured description, minus the held-out benchmark.
 
-Held-out documents are excluded by id, and any pair whose anchor or positive equals (normalised) a held-out query or
-corpus text is dropped too — two CMR collections can share a title, and the one that was not held out must not teach
-the benchmark's answer. Then the written file is CHECKED: it is read back and every pair is compared against the
-benchmark files on disk (:class:`st_workflow.leakage.BenchmarkTexts`) and the held-out ids; a violation raises
-:class:`LeakageError` naming the pair, and nothing is committed.
+Held-out documents (whole near-duplicate families) are excluded by id, and any pair that leaks into the hold-out
+benchmark by :mod:`st_workflow.leakage`'s rule (a query, or a document judged relevant to one; near-duplicates
+included) is dropped too. Then the written file is CHECKED: it is read back and every pair is compared against the
+benchmark files on disk and the held-out ids; a violation raises :class:`LeakageError` naming the pair, and nothing
+is committed. A rule that leaves no pair at all fails the stage, naming the benchmark, the count and the option.
 
 Output ``<run>/pairs-natural/pairs.parquet`` has exactly :data:`st_workflow.schemas.PAIR_SCHEMA` (``synthesized``
 false, ``doc_id`` the document id, ``source`` the ingest source name). Counts: ``pairs``, ``type:<type>``,
-``source:<source>``, ``dropped:<reason>`` (``heldout``, ``heldout_text``, ``short_anchor``, ``short_positive``,
+``source:<source>``, ``dropped:<reason>`` (``heldout``, ``leaked``, ``short_anchor``, ``short_positive``,
 ``duplicate``).
 """
 
@@ -24,10 +24,22 @@ from st_workflow import atomic
 from st_workflow.config.root import PipelineConfig
 from st_workflow.hashing import code_version, combine_hashes, sha256_text, stable_hash
 from st_workflow.ingest.documents import collapse
-from st_workflow.ingest.holdout import eligible, read_heldout, selected_manifests, source_kind
+from st_workflow.ingest.holdout import (
+    eligible,
+    near_duplicate_rule,
+    read_heldout,
+    selected_manifests,
+    source_kind,
+)
 from st_workflow.ingest.logs import logger as get_logger
 from st_workflow.ingest.structured import natural_pair
-from st_workflow.leakage import BenchmarkTexts
+from st_workflow.leakage import (
+    BenchmarkGuard,
+    LeakageError,
+    LeakageTarget,
+    check_all_not_dropped,
+    leakage_targets,
+)
 from st_workflow.manifest import MANIFEST_NAME, Manifest, reusable
 from st_workflow.schemas import PAIR_SCHEMA, normalize_for_match, schema_dict
 
@@ -36,8 +48,13 @@ PAIRS = "pairs.parquet"
 _BATCH = 20_000
 
 
-class LeakageError(RuntimeError):
-    """A training pair contains held-out benchmark text or comes from a held-out document."""
+__all__ = ["LeakageError", "build_natural_pairs", "check_no_leakage"]
+
+
+def _holdout_target(cfg: PipelineConfig, holdout: Manifest | None) -> LeakageTarget | None:
+    if holdout is None:
+        return None
+    return next(t for t in leakage_targets(cfg, holdout) if t.directory == holdout.directory)
 
 
 def build_natural_pairs(
@@ -51,14 +68,18 @@ def build_natural_pairs(
     pc = cfg.pairs
     manifests = selected_manifests(cfg, doc_manifests)
     out_dir = cfg.stage_dir(STAGE)
+    target = _holdout_target(cfg, holdout)
     config_hash = stable_hash(
         {
             "natural": pc.natural.model_dump(mode="json"),
             "min_anchor_chars": pc.min_anchor_chars,
             "min_positive_chars": pc.min_positive_chars,
+            "near_duplicates": pc.near_duplicates.model_dump(mode="json"),
+            "leakage": target.mode if target else None,
         }
     )
-    code = code_version("ingest", "leakage", "beir", "schemas")  # the check reads through leakage.py
+    # The check reads through leakage.py and near_duplicates.py.
+    code = code_version("ingest", "leakage", "near_duplicates", "beir", "schemas")
     key = combine_hashes(
         [
             STAGE,
@@ -76,7 +97,7 @@ def build_natural_pairs(
 
     log = get_logger()
     heldout_ids = {(r["source"], r["id"]) for r in read_heldout(holdout)} if holdout else set()
-    texts = BenchmarkTexts.from_dirs([holdout.directory]) if holdout else BenchmarkTexts()
+    guard = BenchmarkGuard([target] if target else [], near_duplicate_rule(cfg))
     counts: Counter[str] = Counter()
     with atomic.atomic_dir(out_dir) as tmp:
         writer = pq.ParquetWriter(tmp / PAIRS, PAIR_SCHEMA, compression="zstd")
@@ -87,7 +108,7 @@ def build_natural_pairs(
                 kind = source_kind(m, cfg)
                 for batch in pq.ParquetFile(m.path("documents")).iter_batches(batch_size=_BATCH):
                     for row in batch.to_pylist():
-                        reason = _add(cols, row, m.name, kind, cfg, heldout_ids, texts, seen)
+                        reason = _add(cols, row, m.name, kind, cfg, heldout_ids, guard, seen)
                         counts[f"dropped:{reason}" if reason else "pairs"] += 1
                         if len(cols["anchor"]) >= _BATCH:
                             writer.write_table(pa.Table.from_pydict(cols, schema=PAIR_SCHEMA))
@@ -96,9 +117,13 @@ def build_natural_pairs(
             writer.write_table(pa.Table.from_pydict(cols, schema=PAIR_SCHEMA))
         finally:
             writer.close()
-        per = check_no_leakage(tmp / PAIRS, holdout)
-        counts.update(per)
         counts.setdefault("pairs", 0)
+        if target is not None:
+            check_all_not_dropped(
+                counts["pairs"], {target.name: counts["dropped:leaked"]}, [target], "natural pairs"
+            )
+        per = check_no_leakage(tmp / PAIRS, holdout, guard)
+        counts.update(per)
         m = Manifest.build(
             stage=STAGE,
             directory=tmp,
@@ -131,7 +156,7 @@ def _add(
     kind: str,
     cfg: PipelineConfig,
     heldout_ids: set[tuple[str, str]],
-    texts: BenchmarkTexts,
+    guard: BenchmarkGuard,
     seen: set[bytes],
 ) -> str | None:
     """Append the natural pair of one document, or return why it was dropped."""
@@ -140,8 +165,8 @@ def _add(
     ptype, anchor, positive = natural_pair(row, kind, cfg.pairs.natural)
     if reason := eligible(cfg, anchor, positive):
         return reason
-    if texts.leaks(anchor) or texts.leaks(positive):
-        return "heldout_text"
+    if guard and guard.check(anchor, positive) is not None:
+        return "leaked"
     if cfg.pairs.natural.dedup:
         key = bytes.fromhex(
             sha256_text(normalize_for_match(anchor) + "\n" + normalize_for_match(positive))[:32]
@@ -161,33 +186,32 @@ def _add(
     return None
 
 
-def check_no_leakage(pairs_path: str | Path, holdout: Manifest | None) -> Counter[str]:
-    """Read a pairs file back and prove it holds no held-out text or document; returns counts by type and source.
+def check_no_leakage(
+    pairs_path: str | Path, holdout: Manifest | None, guard: BenchmarkGuard | None = None
+) -> Counter[str]:
+    """Read a pairs file back and prove it holds no held-out document and no leak; returns counts by type and source.
 
-    Every anchor, positive and negative is compared (normalised) with every query, corpus title, corpus text and
-    ``title + " " + text`` of the benchmark as written on disk, and every ``(source, doc_id)`` with ``heldout.jsonl``.
+    Every pair is checked with ``guard`` (:class:`st_workflow.leakage.BenchmarkGuard` over the benchmark as written
+    on disk) and every ``(source, doc_id)`` against ``heldout.jsonl``.
 
     Raises:
         LeakageError: naming the first offending pair (row number, doc_id, source, which field, the text).
     """
     counts: Counter[str] = Counter()
-    texts = BenchmarkTexts.from_dirs([holdout.directory]) if holdout else None
     heldout_ids = {(r["source"], r["id"]) for r in read_heldout(holdout)} if holdout else set()
+    if holdout is not None and guard is None:
+        guard = BenchmarkGuard([holdout.directory])
     n = 0
     for batch in pq.ParquetFile(pairs_path).iter_batches(batch_size=_BATCH):
         for row in batch.to_pylist():
             n += 1
             counts[f"type:{row['type']}"] += 1
             counts[f"source:{row['source']}"] += 1
-            if texts is None:
+            if holdout is None:
                 continue
             where = f"pair {n} (doc_id={row['doc_id']!r}, source={row['source']!r})"
             if (row["source"], row["doc_id"]) in heldout_ids:
                 raise LeakageError(f"{where} comes from a held-out document of benchmark {holdout.name!r}")
-            for fld in ("anchor", "positive", "negative"):
-                if row[fld] and texts.leaks(row[fld]):
-                    raise LeakageError(
-                        f"{where}: its {fld} equals held-out text of benchmark {holdout.name!r} "
-                        f"({holdout.directory}): {row[fld][:200]!r}"
-                    )
+            if guard and (leak := guard.check(row["anchor"], row["positive"], row["negative"])) is not None:
+                raise LeakageError(f"{where}: " + leak.describe(row[leak.field]) + f" ({holdout.directory})")
     return counts

@@ -5,6 +5,8 @@ Public entry points (the Prefect tasks call these; each returns a :class:`~st_wo
 * :func:`run_relevancy_filter` (stage ``llm-filter``), :func:`run_generation` (``llm-pairs``),
   :func:`run_gates` (``llm-gates``);
 * :func:`llm_configured` / :func:`llm_skip_reason`: with no endpoint the flow logs the reason once and goes on.
+* :func:`write_benchmark_queries` (a plain function, no stage of its own): LLM-written queries of the held-out
+  in-domain benchmark, one per document (:class:`QueryDoc` in, :class:`QueryResult` out).
 
 The LLM answers are cached by content under ``<cache_dir>/llm`` (see :mod:`.cache`), so re-runs, resumed runs and
 concurrent runs pay for each document once.
@@ -18,6 +20,11 @@ from __future__ import annotations
 from st_workflow.lazy import lazy_exports
 
 _EXPORTS = {
+    "QueryDoc": "benchmark_queries",
+    "QueryResult": "benchmark_queries",
+    "benchmark_query_fingerprint": "benchmark_queries",
+    "write_benchmark_queries": "benchmark_queries",
+    "BenchmarkQuery": "models",
     "ContentQuality": "models",
     "GeneratedPairs": "models",
     "Quality": "models",

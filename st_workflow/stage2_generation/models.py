@@ -10,6 +10,8 @@ LaTeX):
 * ``document``: the whitespace-normalised document text; each context must occur in it (verbatim check);
 * ``lenient``: structure only. Used to salvage the last answer once the re-asks are spent; the pair gates then drop
   whatever is still not verbatim or not standalone, and count it.
+* ``title`` / ``query_chars`` / ``title_copy_min_words``: what a :class:`BenchmarkQuery` is checked against (the
+  document's title, ``(lo, hi)`` characters, the word count from which a title must not appear whole).
 
 The error messages are written for the model: they name the item and say how to fix it.
 
@@ -35,7 +37,7 @@ from instructor import ResponseSchema
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from st_workflow.hashing import stable_hash
-from st_workflow.schemas import normalize_whitespace
+from st_workflow.schemas import normalize_for_match, normalize_whitespace
 
 # A query that leans on the document instead of naming its subject ("this mission", "the paper").
 _VAGUE = re.compile(
@@ -161,6 +163,75 @@ def _dedupe_terms(v: list[str], c: dict[str, Any]) -> list[str]:
     if not c.get("lenient") and len(out) < lo:
         raise ValueError(f"give at least {lo} distinct search terms (got {len(out)})")
     return out[:hi]
+
+
+_TITLE_EDGE = " \t?.!:;,"
+
+
+def title_copy_problem(query: str, title: str, min_words: int) -> str | None:
+    """Why ``query`` merely copies ``title`` (equal after :func:`~st_workflow.schemas.normalize_for_match`, edge
+    punctuation aside, or, for a title of at least ``min_words`` words (0: never), containing it whole), else ``None``.
+
+    Example:
+        >>> title_copy_problem("swot  mission?", "SWOT Mission", 4) is not None
+        True
+        >>> title_copy_problem("When did SWOT launch?", "SWOT", 4) is None   # a short title may be named
+        True
+    """
+    q = normalize_for_match(query).strip(_TITLE_EDGE)
+    t = normalize_for_match(title).strip(_TITLE_EDGE)
+    if not t:
+        return None
+    if q == t:
+        return "the query repeats the document title"
+    if min_words and len(t.split()) >= min_words and t in q:
+        return "the query contains the whole document title"
+    return None
+
+
+class BenchmarkQuery(ResponseSchema):
+    """The query a scientist would type to find one document: grounded in it, standalone, not its title.
+
+    Example:
+        >>> ctx = {"title": "SWOT Level 2 River Single-Pass Vector Reach Data Product", "query_chars": (10, 300)}
+        >>> BenchmarkQuery.model_validate({"query": " How wide are the swaths of SWOT's KaRIn radar? "},
+        ...     context=ctx).query
+        "How wide are the swaths of SWOT's KaRIn radar?"
+    """
+
+    query: str = Field(
+        description="One standalone search query or question, answerable by this document, that names what it asks "
+        "about explicitly and does not copy the document title."
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _check_query(cls, v: str, info: ValidationInfo) -> str:
+        c = _ctx(info)
+        q = " ".join(strip_quotes(v).split())
+        lo, hi = c.get("query_chars", (10, 300))
+        if not q:
+            raise ValueError(
+                "query is empty; write one search query a scientist would type to find the document"
+            )
+        problems: list[str] = []
+        if len(q) < lo:
+            problems.append(f"query has {len(q)} characters; write at least {lo}")
+        if len(q) > hi:
+            problems.append(
+                f"query has {len(q)} characters; keep it to at most {hi} (one question, no explanation)"
+            )
+        if (
+            why := title_copy_problem(q, c.get("title") or "", int(c.get("title_copy_min_words", 4)))
+        ) is not None:
+            problems.append(f"{why}; ask in a searcher's own words what the document answers")
+        if (phrase := vague_reference(q)) is not None:
+            problems.append(
+                f"query uses {phrase!r}; name the mission, instrument, dataset or phenomenon instead"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return q
 
 
 class Quality(enum.StrEnum):

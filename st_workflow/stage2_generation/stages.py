@@ -30,9 +30,11 @@ from pydantic import SecretStr
 
 from st_workflow import atomic
 from st_workflow.config import PipelineConfig
-from st_workflow.hashing import code_version, sha256_file, stable_hash
+from st_workflow.hashing import code_version, stable_hash
+from st_workflow.leakage import BenchmarkGuard, LeakageTarget, benchmarks_hash
 from st_workflow.log import get_logger
 from st_workflow.manifest import Manifest, reusable
+from st_workflow.near_duplicates import NearDuplicateRule
 from st_workflow.schemas import PAIR_SCHEMA, schema_dict
 from st_workflow.stage2_generation import generate as gen_mod
 from st_workflow.stage2_generation import relevancy as rel_mod
@@ -41,9 +43,9 @@ from st_workflow.stage2_generation.availability import llm_skip_reason
 from st_workflow.stage2_generation.cache import LLMCache
 from st_workflow.stage2_generation.clients import instructor_client, make_openai_client, resolve_api_key
 from st_workflow.stage2_generation.columns import usage_columns
-from st_workflow.stage2_generation.documents import Doc, load_documents
+from st_workflow.stage2_generation.documents import load_documents
 from st_workflow.stage2_generation.engine import Job, Outcome, execute, run_sync
-from st_workflow.stage2_generation.gates import QA_TYPE, TERM_TYPE, Candidate, LeakageIndex, apply_gates
+from st_workflow.stage2_generation.gates import QA_TYPE, TERM_TYPE, Candidate, apply_gates
 from st_workflow.stage2_generation.report import build_summary, publish_artifact
 from st_workflow.stage2_generation.shards import ShardWriter, consolidate, read_shards, write_table_atomic
 from st_workflow.stage2_generation.slots import prefect_slot_factory
@@ -66,7 +68,8 @@ REJECTED_SCHEMA = pa.schema(
 
 
 # ---------------------------------------------------------------------- helpers
-def _price(cfg: PipelineConfig) -> Any:
+def model_price(cfg: PipelineConfig) -> Any:
+    """The configured price of the endpoint's model, or ``None`` (its calls then cost nothing in the ledger)."""
     return cfg.generation.execution.prices.get(cfg.generation.endpoint.model)
 
 
@@ -74,7 +77,7 @@ def _llm_stage_key(cfg: PipelineConfig, stage: str, upstream: list[Manifest], **
     """Cache key of an LLM stage: what every call depends on (endpoint, re-asks, price, inputs, code) plus
     ``specific`` (the stage's own config section and prompt versions)."""
     ep = cfg.generation.endpoint
-    price = _price(cfg)
+    price = model_price(cfg)
     return stable_hash(
         {
             "stage": stage,
@@ -117,9 +120,10 @@ def _staging_dir(stage_dir: Path) -> Path:
     return stage_dir / f".staging-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _group_jobs(docs: list[Doc], make: Any) -> tuple[list[Job], dict[str, list[Doc]]]:
-    """One job per distinct cache key (documents with equal content share one call)."""
-    groups: dict[str, list[Doc]] = defaultdict(list)
+def group_jobs(docs: list[Any], make: Any) -> tuple[list[Job], dict[str, list[Any]]]:
+    """One job per distinct cache key (documents with equal content share one call): ``make(doc)`` gives a
+    document's job; returns the jobs and the documents of each key."""
+    groups: dict[str, list[Any]] = defaultdict(list)
     jobs: list[Job] = []
     for d in docs:
         job = make(d)
@@ -129,7 +133,9 @@ def _group_jobs(docs: list[Doc], make: Any) -> tuple[list[Job], dict[str, list[D
     return jobs, groups
 
 
-def _failure(doc: Doc, o: Outcome, task: str) -> dict[str, Any]:
+def failure_record(doc: Any, o: Outcome, task: str) -> dict[str, Any]:
+    """The ``failures.jsonl`` row of a document (anything with ``id``, ``source``, ``content_hash``) whose job
+    ended without an answer."""
     return {
         "doc_id": doc.id,
         "source": doc.source,
@@ -198,7 +204,7 @@ async def _run_engine(
         await client.close()
 
 
-def _run_jobs(
+def run_jobs(
     cfg: PipelineConfig,
     log: Any,
     stage: str,
@@ -207,16 +213,19 @@ def _run_jobs(
     ledger: Ledger,
     on_outcome: Any,
     make_call: Any,
-    staging: Path,
+    staging: Path | None = None,
 ) -> Any:
-    """Run the jobs through the engine; on any error (or interrupt) the stage's staging shards are removed."""
+    """Run the jobs through the engine (API key, Prefect slot, client, cached answers under
+    ``<cache_dir>/llm/<namespace>``, ledger); on any error (or interrupt) the ``staging`` shards, if any, are
+    removed. ``make_call(client)`` returns the per-job call; returns the engine's :class:`~.engine.RunStats`."""
     api_key = _api_key(cfg, log) if jobs else None
     try:
         return run_sync(
             lambda: _run_engine(cfg, api_key, jobs, namespace, ledger, on_outcome, make_call, stage)
         )
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
@@ -309,8 +318,8 @@ def run_relevancy_filter(
     docs = load_documents(doc_manifests)
     judged_docs = [d for d in docs if judge.judges(d)]
     passed = [d for d in docs if not judge.judges(d)]
-    jobs, groups = _group_jobs(judged_docs, judge.job)
-    ledger = Ledger(_price(cfg), gen.execution.budget_usd, gen.execution.budget_tokens)
+    jobs, groups = group_jobs(judged_docs, judge.job)
+    ledger = Ledger(model_price(cfg), gen.execution.budget_usd, gen.execution.budget_tokens)
     staging = _staging_dir(stage_dir)
     writer = ShardWriter(staging, rel_mod.JUDGEMENT_SCHEMA, gen.execution.shard_size)
     failures: list[dict[str, Any]] = []
@@ -334,7 +343,7 @@ def run_relevancy_filter(
                     }
                 )
             else:
-                failures.append(_failure(d, o, "relevancy"))
+                failures.append(failure_record(d, o, "relevancy"))
 
     log.info(
         "llm-filter: judging %d documents (%d distinct) with %s, concurrency %d%s",
@@ -349,7 +358,7 @@ def run_relevancy_filter(
         agent = judge.agent(client)
         return lambda job: judge.call(job, agent)
 
-    stats = _run_jobs(cfg, log, STAGE_FILTER, jobs, rel_mod.NAMESPACE, ledger, on_outcome, make_call, staging)
+    stats = run_jobs(cfg, log, STAGE_FILTER, jobs, rel_mod.NAMESPACE, ledger, on_outcome, make_call, staging)
     with stage_lock(stage_dir):  # concurrent runs sharing this run directory commit one at a time
         if (
             hit := _committed_meanwhile(cfg, log, STAGE_FILTER, stage_dir, key, failures, staging)
@@ -411,11 +420,12 @@ def run_relevancy_filter(
             upstream=doc_manifests,
         )
         m.write()
-    _log_done(log, STAGE_FILTER, counts, ledger, stats)
+    log_done(log, STAGE_FILTER, counts, ledger, stats)
     return m
 
 
-def _log_done(log: Any, stage: str, counts: dict[str, int], ledger: Ledger, stats: Any) -> None:
+def log_done(log: Any, stage: str, counts: dict[str, int], ledger: Ledger, stats: Any) -> None:
+    """The one log line that ends an LLM stage: its counts and what this run spent."""
     s = stats.to_dict()
     log.info(
         "%s: done in %.1fs: %s; this run %d calls, %d tokens, $%.4f (cache hits %d)%s",
@@ -476,8 +486,8 @@ def run_generation(
         docs = [d for d in docs if (d.source, d.id) in kept]
     if gen.pairs.max_documents is not None:
         docs = docs[: gen.pairs.max_documents]
-    jobs, groups = _group_jobs(docs, generator.job)
-    ledger = Ledger(_price(cfg), gen.execution.budget_usd, gen.execution.budget_tokens)
+    jobs, groups = group_jobs(docs, generator.job)
+    ledger = Ledger(model_price(cfg), gen.execution.budget_usd, gen.execution.budget_tokens)
     staging = _staging_dir(stage_dir)
     writer = ShardWriter(staging, gen_mod.GENERATED_SCHEMA, gen.execution.shard_size)
     failures: list[dict[str, Any]] = []
@@ -504,7 +514,7 @@ def run_generation(
                     }
                 )
             else:
-                failures.append(_failure(d, o, task))
+                failures.append(failure_record(d, o, task))
 
     log.info(
         "llm-pairs: generating for %d documents (%d distinct; %d before the filter) with %s, mode %s, concurrency %d",
@@ -520,7 +530,7 @@ def run_generation(
         aclient = instructor_client(client, gen.pairs.mode)
         return lambda job: generator.call(job, aclient)
 
-    stats = _run_jobs(cfg, log, STAGE_PAIRS, jobs, gen_mod.NAMESPACE, ledger, on_outcome, make_call, staging)
+    stats = run_jobs(cfg, log, STAGE_PAIRS, jobs, gen_mod.NAMESPACE, ledger, on_outcome, make_call, staging)
     with stage_lock(stage_dir):  # concurrent runs sharing this run directory commit one at a time
         if (
             hit := _committed_meanwhile(cfg, log, STAGE_PAIRS, stage_dir, key, failures, staging)
@@ -569,21 +579,11 @@ def run_generation(
             upstream=upstream,
         )
         m.write()
-    _log_done(log, STAGE_PAIRS, counts, ledger, stats)
+    log_done(log, STAGE_PAIRS, counts, ledger, stats)
     return m
 
 
 # ---------------------------------------------------------------------- llm-gates
-def _benchmark_hash(dirs: list[Path]) -> list[str]:
-    out = []
-    for d in dirs:
-        d = Path(d)
-        out.append(
-            stable_hash([sha256_file(d / f) for f in ("corpus.jsonl", "queries.jsonl") if (d / f).is_file()])
-        )
-    return out
-
-
 def _find_filter(generated: Manifest) -> Manifest | None:
     for ref in generated.upstream:
         if ref.stage == STAGE_FILTER and Path(ref.path).is_file():
@@ -595,7 +595,7 @@ def run_gates(
     cfg: PipelineConfig,
     generated: Manifest,
     doc_manifests: list[Manifest],
-    benchmark_dirs: list[Path],
+    benchmark_dirs: list[LeakageTarget | dict[str, str] | str | Path],
     *,
     filter_manifest: Manifest | None = None,
     out_dir: str | Path | None = None,
@@ -609,7 +609,8 @@ def run_gates(
     and publishes the report as a Prefect table artifact inside a Prefect run.
 
     Args:
-        benchmark_dirs: BEIR-layout benchmarks for the leakage gate.
+        benchmark_dirs: the benchmarks of the leakage gate (:func:`st_workflow.leakage.leakage_targets`; a bare
+            BEIR directory is guarded with the default ``answers`` rule).
         filter_manifest: The ``llm-filter`` manifest; by default the one ``generated`` consumed. Its verdicts are
             applied here when generation ran before (or without) filtering.
     """
@@ -617,16 +618,18 @@ def run_gates(
     g = cfg.generation.gates
     stage_dir = Path(out_dir) if out_dir else cfg.stage_dir(STAGE_GATES)
     filter_m = filter_manifest or _find_filter(generated)
-    benchmark_dirs = [Path(b) for b in benchmark_dirs]
+    targets = [LeakageTarget.coerce(b) for b in benchmark_dirs]
+    rule = NearDuplicateRule.from_config(cfg.pairs.near_duplicates)
     key = stable_hash(
         {
             "stage": STAGE_GATES,
             "gates": g.model_dump(mode="json"),
+            "near_duplicates": cfg.pairs.near_duplicates.model_dump(mode="json"),
             "generated": generated.content_hash,
             "documents": [m.content_hash for m in doc_manifests],
             "filter": filter_m.content_hash if filter_m else None,
-            "benchmarks": _benchmark_hash(benchmark_dirs) if g.leakage_check else [],
-            "code": code_version(_CODE),
+            "benchmarks": benchmarks_hash(targets) if g.leakage_check else [],
+            "code": code_version(_CODE, "leakage", "near_duplicates"),
         }
     )
     if (hit := _reuse(cfg, log, STAGE_GATES, stage_dir, key)) is not None:
@@ -676,12 +679,8 @@ def run_gates(
     if filter_m is not None and generated.metrics.get("filter_applied") != "before":
         kept = _read_kept(filter_m)
         rejected_docs = {(r["source"], r["doc_id"]) for r in table.to_pylist()} - kept
-    leakage = (
-        LeakageIndex.from_dirs(benchmark_dirs, g.leakage_ngram)
-        if (g.leakage_check and benchmark_dirs)
-        else None
-    )
-    kept_pairs, rejected, gate_report = apply_gates(cands, g, leakage, rejected_docs)
+    leakage = BenchmarkGuard(targets, rule) if (g.leakage_check and targets) else None
+    kept_pairs, rejected, gate_report = apply_gates(cands, g, leakage, rejected_docs, rule)
 
     pairs = pa.Table.from_pylist(
         [

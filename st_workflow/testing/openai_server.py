@@ -3,9 +3,11 @@
 It speaks the real protocol over real HTTP on 127.0.0.1 (``POST /v1/chat/completions``), so the production client
 stack (``openai.AsyncOpenAI`` + Instructor + Pydantic AI) runs unchanged against it. Answers are *grounded*: it finds
 the ``<document>`` block in the prompt and builds question/context pairs whose contexts are copied verbatim from the
-document text, queries that name the document's title, multi-word search terms from the title and text, and a
-quality label for the relevancy judge. It answers in the shape the request asked for: a forced tool call (Instructor
-``TOOLS``, Pydantic AI tool output), JSON content (Instructor ``JSON``, ``response_format`` json_object/json_schema).
+document text, queries that name the document's title, multi-word search terms from the title and text, a
+quality label for the relevancy judge, and benchmark queries (``BenchmarkQuery``) that name the document's subject
+and ask about a phrase of its text without copying its title. It answers in the shape the request asked for: a
+forced tool call (Instructor ``TOOLS``, Pydantic AI tool output), JSON content (Instructor ``JSON``,
+``response_format`` json_object/json_schema).
 
 Misbehaviour is scripted per document so that tests are deterministic: the first ``n`` requests about each document
 can be answered with 429 + ``Retry-After``, 500, a dropped connection, a slow answer, a schema-violating answer or an
@@ -28,8 +30,8 @@ Command line (integration tests and benchmarks run it as a separate process)::
 It prints ``READY http://127.0.0.1:PORT/v1`` once listening and stops on SIGTERM/SIGINT. HTTP endpoints besides
 the OpenAI ones (``POST /v1/chat/completions``, ``GET /v1/models``): ``GET /health``; ``GET /_stats`` (requests,
 max in flight, tokens, and ``by_task[task][title]`` = ``{requests, answered, <fault>...}`` where ``answered`` counts
-paid answers; tasks are ``qa``, ``search_terms``, ``relevancy``); ``POST /_admin/faults`` (a :class:`Faults` as JSON);
-``POST /_admin/reset`` (zero the counts).
+paid answers; tasks are ``qa``, ``search_terms``, ``relevancy``, ``benchmark_query``); ``POST /_admin/faults`` (a
+:class:`Faults` as JSON); ``POST /_admin/reset`` (zero the counts).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = ["Faults", "OpenAICompatServer", "document_key", "main"]
 _DOC_RE = re.compile(r"<document>\s*\n(.*?)\n\s*</document>", re.S)
 _TITLE_RE = re.compile(r"^Title:[ \t]*(.*)$", re.M)
 _RANGE_RE = re.compile(r"Number of ([a-z/ ]+?): between (\d+) and (\d+)", re.I)
+_QUERY_LEN_RE = re.compile(r"Query length: between (\d+) and (\d+) characters", re.I)
 _SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9\-]{2,}")
 _STOP = frozenset(
@@ -135,6 +138,38 @@ _QUESTION_TEMPLATES = (
 )
 
 
+# Words a benchmark query's topic should not be made of (they say what a record is, not what it is about).
+_GENERIC = frozenset(
+    [
+        "data",
+        "dataset",
+        "datasets",
+        "document",
+        "documents",
+        "paper",
+        "study",
+        "present",
+        "presents",
+        "presented",
+        "contains",
+        "provides",
+        "provided",
+        "describes",
+        "described",
+        "collected",
+        "show",
+        "shows",
+        "shown",
+    ]
+)
+_BENCHMARK_TEMPLATES = (
+    "What is known about {topic} in {subject}?",
+    "How is {topic} treated in {subject} research?",
+    "{subject} {topic}",
+    "Which results on {topic} are reported for {subject}?",
+)
+
+
 def document_key(block: str) -> str:
     """Short hash of a prompt's document block: the per-document counting key when titles are not unique."""
     return hashlib.sha256(block.strip().encode("utf-8")).hexdigest()[:16]
@@ -148,8 +183,9 @@ class Faults:
     then ``server_error`` answers 500, then ``drop`` closed connections, then ``slow`` answers delayed by
     ``slow_latency``, then ``invalid`` schema-violating answers, then ``nonverbatim`` answers whose contexts are not
     in the document; every later request gets a valid answer. ``nonverbatim_always`` makes one context of every
-    answer non-verbatim (what gates must catch). ``tasks`` limits the faults to some tasks (``qa``,
-    ``search_terms``, ``relevancy``); empty means all.
+    answer non-verbatim (what gates must catch). For ``benchmark_query`` a ``nonverbatim`` answer is the document's
+    title itself (a query that copies the title, which the validator refuses). ``tasks`` limits the faults to some
+    tasks (``qa``, ``search_terms``, ``relevancy``, ``benchmark_query``); empty means all.
     """
 
     rate_limit: int = 0
@@ -512,6 +548,8 @@ def _schema_task(schema: dict[str, Any] | None) -> str | None:
         return "relevancy"
     if "search_terms" in props:
         return "search_terms"
+    if "query" in props:
+        return "benchmark_query"
     return None
 
 
@@ -545,6 +583,8 @@ def _detect_task(body: dict[str, Any], text: str) -> tuple[str, dict[str, Any] |
         return "relevancy", None, ""
     if '"search_terms"' in text:
         return "search_terms", None, ""
+    if '"query"' in text:  # after "qa": its pairs have a "query" too
+        return "benchmark_query", None, ""
     return "other", None, ""
 
 
@@ -668,7 +708,39 @@ def _answer(
         if invalid:
             return {"search_terms": []}
         return {"search_terms": _terms(title, body, hi)}
+    if task == "benchmark_query":
+        if invalid:
+            return {"query": 7}
+        if nonverbatim:
+            return {"query": title}
+        qm = _QUERY_LEN_RE.search(text)
+        lo, hi = (int(qm.group(1)), int(qm.group(2))) if qm else (10, 300)
+        return {"query": _benchmark_query(title, body, document_key(block), lo, hi)}
     return _dummy(schema)
+
+
+def _benchmark_query(title: str, body: str, doc_key: str, lo: int, hi: int) -> str:
+    """A grounded, standalone query that is not the title: the subject (the title's first three content words,
+    so a long title never appears whole) and the body's most frequent content-word pair that the title lacks, in
+    one of a few question or keyword-search shapes chosen by the document."""
+    tw = [w for w in _WORD_RE.findall(title) if w.lower() not in _STOP]
+    subject = " ".join(tw[:3]) or "NASA science data"
+    in_title = {w.lower() for w in tw}
+    words = [w for w in _WORD_RE.findall(body) if w.lower() not in _STOP | _GENERIC]
+    bigrams = Counter(f"{a} {b}" for a, b in itertools.pairwise(words))
+    fresh = [bg for bg, _ in bigrams.most_common() if not set(bg.lower().split()) <= in_title]
+    topic = fresh[0] if fresh else (next(iter(bigrams), None) or _topic(body))
+    shape = (
+        _BENCHMARK_TEMPLATES[int(doc_key, 16) % len(_BENCHMARK_TEMPLATES)]
+        if doc_key
+        else _BENCHMARK_TEMPLATES[0]
+    )
+    q = shape.format(subject=subject, topic=topic)
+    if len(q) > hi:
+        q = q[:hi].rsplit(" ", 1)[0]
+    while len(q) < lo:
+        q = f"{q} {topic}"
+    return q
 
 
 def _dummy(schema: dict[str, Any] | None) -> Any:
