@@ -51,7 +51,9 @@ def _run(args: argparse.Namespace) -> int:
     from st_workflow.evaluation.evaluator import EvalSettings, RetrievalEvaluator
     from st_workflow.models import load_model, resolve_model
 
-    settings = EvalSettings.from_config(ev)
+    if args.dtype:
+        ev = ev.model_copy(update={"dtype": args.dtype})
+    settings = EvalSettings.from_config(ev, device=(args.device or [None])[0])
     if args.ks:
         settings.ks = sorted(set(args.ks))
     if args.precision:
@@ -100,10 +102,11 @@ def _run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             run = evaluator.evaluate(model, bench, model_hash=mh, query_prompt=args.query_prompt)
             results = {t: {p: r.to_json() for p, r in per.items()} for t, per in run.results.items()}
-            tasks = [t.id for t in bench.tasks()]
+            tasks = [t.id for t in bench.headline_tasks()]
             flat = summarize(
                 results,
                 tasks=tasks,
+                validation_tasks=[t.id for t in bench.validation_tasks()],
                 precisions=settings.precisions,
                 detail_metrics=detail,
                 bytes_per_doc=run.bytes_per_doc,
@@ -183,6 +186,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query-prompt", default=None, help="prompt prepended to every query")
     p.add_argument("--batch-size", type=int, default=None, help="encoding batch size")
     p.add_argument("--max-seq-length", type=int, default=None, help="override the model's max_seq_length")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default=None,
+        help="encoding dtype (default: the config's, 'auto': bf16 where the hardware has it; float32 for "
+        "MTEB-exact numbers)",
+    )
     p.add_argument(
         "--device", action="append", default=None, help="encoding device(s); several: a process pool"
     )

@@ -33,7 +33,7 @@ from typing import Any
 
 from st_workflow.beir import qrels_files, read_corpus, read_qrels, read_queries
 from st_workflow.config.evaluation import NANOBEIR_DATASETS, BenchmarkSpec
-from st_workflow.hashing import stable_hash
+from st_workflow.hashing import seeded_unit, stable_hash
 from st_workflow.resources import resolve_path
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class Task:
     id: str
     subset: Subset
     qrels_name: str
+    role: str = "test"
+    """``test`` (headline numbers) or ``validation`` (what choices are made on)."""
 
     @property
     def qrels(self) -> dict[str, dict[str, int]]:
@@ -107,6 +109,8 @@ class Benchmark:
     """A general-domain benchmark (promotion floor applies)."""
     query_prompt: str | None = None
     """Prompt prepended to every query."""
+    validation_qrels: frozenset[str] = frozenset()
+    """Qrels names (of every subset) that are validation splits."""
 
     def tasks(self) -> list[Task]:
         """Every (subset, qrels file); ids are ``qrels`` names, ``Subset`` names, or ``Subset/qrels``."""
@@ -119,8 +123,16 @@ class Benchmark:
                     tid = f"{s.name}/{q}"
                 else:
                     tid = q
-                out.append(Task(tid, s, q))
+                out.append(Task(tid, s, q, "validation" if q in self.validation_qrels else "test"))
         return out
+
+    def headline_tasks(self) -> list[Task]:
+        """The tasks reports show (every task that is not a validation split)."""
+        return [t for t in self.tasks() if t.role == "test"]
+
+    def validation_tasks(self) -> list[Task]:
+        """The tasks choices are made on."""
+        return [t for t in self.tasks() if t.role == "validation"]
 
     def describe(self) -> dict[str, Any]:
         """Identity and sizes recorded in dumps."""
@@ -129,6 +141,7 @@ class Benchmark:
             "kind": self.kind,
             "source": self.source,
             "general": self.general,
+            "validation_qrels": sorted(self.validation_qrels),
             "subsets": {
                 s.name: {
                     "corpus_hash": s.corpus_hash,
@@ -142,6 +155,50 @@ class Benchmark:
 
 
 # ---------------------------------------------------------------------------------------------- assembly
+VALIDATION = "validation"
+
+
+def carve_validation(
+    qrels: Mapping[str, Mapping[str, int]], fraction: float, seed: int
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """Split judged queries into (headline, validation): the ``round(fraction * n)`` queries with the smallest
+    seeded hash of their id are validation. Exact sizes matter on small benchmarks (30 queries split by a coin
+    per query can come out 19/11).
+
+    Example:
+        >>> test, val = carve_validation({f"q{i}": {"d": 1} for i in range(101)}, 0.5, seed=42)
+        >>> len(test), len(val)
+        (51, 50)
+    """
+    order = sorted(qrels, key=lambda q: (seeded_unit(seed, VALIDATION, str(q)), str(q)))
+    chosen = set(order[: round(fraction * len(order))])
+    head = {str(q): dict(d) for q, d in qrels.items() if q not in chosen}
+    val = {str(q): dict(d) for q, d in qrels.items() if q in chosen}
+    return head, val
+
+
+def with_validation(
+    named: dict[str, dict[str, dict[str, int]]],
+    *,
+    split: str,
+    validation: dict[str, dict[str, int]] | None,
+    fraction: float | None,
+    seed: int,
+    label: str,
+) -> tuple[dict[str, dict[str, dict[str, int]]], frozenset[str]]:
+    """Add the validation qrels (given, or carved from the headline split); returns (qrels, validation names)."""
+    if validation is not None:
+        return {**named, VALIDATION: validation}, frozenset([VALIDATION])
+    if not fraction:
+        return named, frozenset()
+    if split not in named or len(named) != 1:
+        raise BenchmarkUnavailableError(
+            f"benchmark {label!r}: validation_fraction carves one qrels split, but it has {sorted(named)}"
+        )
+    head, val = carve_validation(named[split], fraction, seed)
+    return {split: head, VALIDATION: val}, frozenset([VALIDATION])
+
+
 def build_subset(
     name: str,
     corpus: Iterable[tuple[str, str, str]],
@@ -228,23 +285,47 @@ def load_local(
     kind: str = "local",
     general: bool = False,
     query_prompt: str | None = None,
+    validation_split: str | None = None,
+    validation_fraction: float | None = None,
 ) -> Benchmark:
-    """A BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``)."""
+    """A BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``).
+
+    ``validation_split`` names a qrels file used for choices when it exists (``qrels/<name>.tsv``); without one,
+    ``validation_fraction`` carves a seeded share of the headline split's queries into validation.
+    """
     d = resolve_path(directory)
     if not (d / "corpus.jsonl").is_file():
         raise BenchmarkUnavailableError(f"benchmark {name!r}: {d} is not a BEIR directory (no corpus.jsonl)")
     files = _expand_qrels(d, split, qrels or [])
     corpus = read_corpus(d)
+    named = {f.stem: read_qrels(f) for f in files}
+    val_file = d / "qrels" / f"{validation_split}.tsv" if validation_split else None
+    given = (
+        read_qrels(val_file)
+        if val_file is not None and val_file.is_file() and val_file.stem not in named
+        else None
+    )
+    named, val_names = with_validation(
+        named, split=split, validation=given, fraction=validation_fraction, seed=seed, label=name
+    )
     subset = build_subset(
         "",
         ((i, doc["title"], doc["text"]) for i, doc in corpus.items()),
         read_queries(d),
-        {f.stem: read_qrels(f) for f in files},
+        named,
         max_queries=max_queries,
         seed=seed,
         label=name,
     )
-    return Benchmark(name, str(d), [subset], kind=kind, general=general, query_prompt=query_prompt)
+    return Benchmark(
+        name,
+        str(d),
+        [subset],
+        kind=kind,
+        general=general,
+        query_prompt=query_prompt,
+        validation_qrels=val_names,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- hub
@@ -366,12 +447,14 @@ def load_hub_subset(
     hub_timeout_s: float = 20.0,
     max_queries: int | None = None,
     seed: int = 42,
+    validation_fraction: float | None = None,
 ) -> Subset:
     """One Hub (or local dataset directory) BEIR set through ``datasets.load_dataset``.
 
     Qrels come from ``qrels`` files inside the repo (one task each), else the ``qrels_config`` (a config of
     ``path``, or another dataset id when it contains ``/``), else the dataset ``<path>-qrels`` (BeIR layout) or,
-    failing that, the ``default`` config of ``path`` (mteb layout).
+    failing that, the ``default`` config of ``path`` (mteb layout). ``validation_fraction`` carves a seeded share
+    of the split's queries into a ``validation`` qrels.
     """
     local = Path(path).exists()
     if not local:
@@ -427,6 +510,9 @@ def load_hub_subset(
                 + " | ".join(errors)
             )
         named[split] = _qrels_from_dataset(ds, f"{what} qrels")
+    named, _ = with_validation(
+        named, split=split, validation=None, fraction=validation_fraction, seed=seed, label=name
+    )
     return build_subset(
         subset_name,
         zip(ids, titles, texts, strict=True),
@@ -489,6 +575,8 @@ def load_benchmark(
             max_queries=spec.max_queries,
             seed=seed,
             kind=spec.kind,
+            validation_split=spec.validation_split,
+            validation_fraction=spec.validation_fraction,
             **common,
         )
     if spec.kind == "hf":
@@ -507,8 +595,9 @@ def load_benchmark(
             hub_timeout_s=hub_timeout_s,
             max_queries=spec.max_queries,
             seed=seed,
+            validation_fraction=spec.validation_fraction,
         )
-        return Benchmark(spec.name, path, [subset], kind="hf", **common)
+        return Benchmark(spec.name, path, [subset], kind="hf", validation_qrels=_carved(spec), **common)
     subsets = []
     for set_name, (path, split_override) in nanobeir_sources(spec.path, spec.subsets).items():
         subsets.append(
@@ -524,9 +613,21 @@ def load_benchmark(
                 hub_timeout_s=hub_timeout_s,
                 max_queries=spec.max_queries,
                 seed=seed,
+                validation_fraction=spec.validation_fraction,
             )
         )
-    return Benchmark(spec.name, spec.path or NANOBEIR_ORG, subsets, kind="nanobeir", **common)
+    return Benchmark(
+        spec.name,
+        spec.path or NANOBEIR_ORG,
+        subsets,
+        kind="nanobeir",
+        validation_qrels=_carved(spec),
+        **common,
+    )
+
+
+def _carved(spec: BenchmarkSpec) -> frozenset[str]:
+    return frozenset([VALIDATION]) if spec.validation_fraction else frozenset()
 
 
 def spec_from_argument(

@@ -133,19 +133,39 @@ def summarize(
     precisions: Iterable[str] = ("float32",),
     detail_metrics: Iterable[str] = ("ndcg@10", "mrr@10", "recall@10"),
     bytes_per_doc: Mapping[str, float] | None = None,
+    validation_tasks: Iterable[str] = (),
+    task_keys: bool = True,
 ) -> dict[str, float]:
     """Flat ``{metric: value}`` of one model on one benchmark (the eval manifest's leaves).
 
-    Keys, for float32 (no prefix) and every other precision ``p`` (prefix ``p/``):
+    Keys, for float32 (no prefix) and every other precision ``p`` (prefix ``p/``), over ``tasks`` (the headline
+    tasks: test splits):
 
     * ``ndcg@10`` ...: every metric, mean over tasks (qrels files / sub-benchmarks);
     * ``weighted/ndcg@10``: query-weighted mean, and ``<task>/ndcg@10``: per task, for ``detail_metrics``;
     * ``p/retention/ndcg@10``: ``p``'s value / float32's, for ``detail_metrics``;
     * ``bytes_per_doc``, ``p/bytes_per_doc``: index size; ``n_queries``: judged queries evaluated.
+
+    The same keys over ``validation_tasks`` (what choices are made on) carry the prefix ``validation/``.
+
+    Example:
+        >>> r = {"test": {"float32": {"metrics": {"ndcg@10": 0.5}, "n_queries": 4}},
+        ...      "validation": {"float32": {"metrics": {"ndcg@10": 0.7}, "n_queries": 2}}}
+        >>> flat = summarize(r, tasks=["test"], validation_tasks=["validation"])
+        >>> flat["ndcg@10"], flat["validation/ndcg@10"]
+        (0.5, 0.7)
     """
-    task_ids = list(tasks) if tasks is not None else list(results)
     detail = list(dict.fromkeys(detail_metrics))
+    val = list(validation_tasks)
     flat: dict[str, float] = {}
+    if val:
+        sub = summarize(
+            results, tasks=val, precisions=precisions, detail_metrics=detail, task_keys=len(val) > 1
+        )
+        flat |= {f"validation/{k}": v for k, v in sub.items() if "bytes_per_doc" not in k}
+    task_ids = (
+        [t for t in tasks if t not in val] if tasks is not None else [t for t in results if t not in val]
+    )
     base_mean: dict[str, float] = {}
     for p in precisions:
         per_task = {
@@ -162,7 +182,7 @@ def summarize(
         for m in detail:
             if m in agg["weighted"]:
                 flat[f"{prefix}weighted/{m}"] = agg["weighted"][m]
-            for t, r in per_task.items():
+            for t, r in per_task.items() if task_keys else ():
                 if m in r.metrics:
                     flat[f"{prefix}{t}/{m}"] = r.metrics[m]
         if p == "float32":

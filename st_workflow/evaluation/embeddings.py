@@ -227,8 +227,11 @@ class Encoder:
         devices: Sequence[str] | None = None,
         distributed: bool = True,
         show_progress_bar: bool = False,
+        dtype: str = "float32",
     ) -> None:
         self.model = model
+        self.dtype = dtype
+        """``float32`` or ``bfloat16`` (autocast of the forward pass; the weights stay as they are)."""
         self.batch_size = batch_size
         self.devices = list(devices or [])
         self.distributed = distributed
@@ -286,7 +289,10 @@ class Encoder:
             kwargs["convert_to_tensor"] = False
         elif len(self.devices) == 1 and not served:
             kwargs["device"] = self.devices[0]
-        out = fn(texts, **kwargs)
+        from st_workflow.models.dtype import autocast
+
+        with autocast(self.dtype, str(kwargs.get("device") or self.model.device)):
+            out = fn(texts, **kwargs)
         out = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
         return out.detach().float().cpu()
 

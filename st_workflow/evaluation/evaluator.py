@@ -60,6 +60,8 @@ class EvalSettings:
     rescore_multiplier: int = 4
     binary_backend: str = "auto"
     ignore_identical_ids: bool = False
+    dtype: str = "float32"
+    """Resolved encoding dtype (``float32`` or ``bfloat16``): part of every fingerprint and cache key."""
 
     def __post_init__(self) -> None:
         self.ks = sorted({int(k) for k in self.ks})
@@ -72,8 +74,13 @@ class EvalSettings:
         self.precisions = ["float32", *[p for p in dict.fromkeys(self.precisions) if p != "float32"]]
 
     @classmethod
-    def from_config(cls, ev: EvaluationConfig) -> EvalSettings:
+    def from_config(cls, ev: EvaluationConfig, device: str | None = None) -> EvalSettings:
+        """Settings of ``ev``; ``ev.dtype: auto`` is resolved for ``device`` (unset: the first configured device,
+        else CUDA when available, else the CPU)."""
+        from st_workflow.models.dtype import resolve_dtype
+
         return cls(
+            dtype=resolve_dtype(ev.dtype, device or (ev.devices[0] if ev.devices else None)),
             ks=list(ev.ks),
             precisions=list(ev.precisions),
             score_function=ev.score_function,
@@ -103,6 +110,8 @@ class EvalSettings:
                 "query_prompt": query_prompt,
                 "rescore_multiplier": self.rescore_multiplier if precision == "binary_rescore" else None,
                 "ignore_identical_ids": self.ignore_identical_ids,
+                # Absent for float32, so results computed before dtypes existed keep their fingerprints.
+                **({"dtype": self.dtype} if self.dtype != "float32" else {}),
             }
         )
 
@@ -118,6 +127,8 @@ class TaskResult:
     seconds: float = 0.0
     bytes_per_doc: float | None = None
     """Index bytes per document of the precision's index (so a reused result carries its size too)."""
+    dtype: str = "float32"
+    """Encoding dtype the result was computed with."""
 
     def as_ir(self) -> IRResult:
         return IRResult(self.metrics, self.n_queries, self.n_queries_without_relevant)
@@ -182,6 +193,7 @@ class RetrievalEvaluator:
             batch_size=self.settings.batch_size,
             devices=devices,
             show_progress_bar=self.show_progress_bar,
+            dtype=self.settings.dtype,
         )
 
     def corpus_index(
@@ -210,6 +222,7 @@ class RetrievalEvaluator:
             precision=storage,
             normalized=cosine,
             document_prompt=doc_prompt,
+            **({"dtype": self.settings.dtype} if self.settings.dtype != "float32" else {}),
         )
         if self.cache is not None:
             hit = self.cache.load(key)
@@ -242,6 +255,7 @@ class RetrievalEvaluator:
                     "max_seq_length": max_len,
                     "weights": model_hash,
                     "corpus": subset.corpus_hash,
+                    "dtype": self.settings.dtype,
                 },
             )
         return index
@@ -353,6 +367,7 @@ class RetrievalEvaluator:
                             ),
                             seconds=round(search_s / len(p_tasks) + time.perf_counter() - t1, 4),
                             bytes_per_doc=index.bytes_per_doc,
+                            dtype=s.dtype,
                         )
                         run.results.setdefault(task.id, {})[precision] = result
                         if on_result is not None:

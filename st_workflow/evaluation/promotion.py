@@ -1,29 +1,42 @@
-"""Promotion: pick the checkpoint to ship, reproducibly, and say why.
+"""Promotion: pick the model to ship, reproducibly, on validation splits only, and never one worse than the base.
 
-The paper chose a "balanced" checkpoint by eye over a run that pushed in-domain scores at the cost of general ones.
-The policies make that choice a function of the eval manifest:
+The paper released a "balanced" checkpoint over one that pushed in-domain scores at the cost of general ones, chosen
+by eye. Here the choice is a function of the eval manifest, made on each benchmark's ``validation`` split (the
+headline ``test`` numbers are reported, never chosen on):
 
-* ``balanced`` (default): rank the candidates on every benchmark by the configured metric (1 = best, ties share
-  the average rank) and promote the best *mean rank*, among candidates that stay within
-  ``max_general_regression`` of the base model on every benchmark marked ``general``. When none does, the base
-  model is kept. Ties on mean rank go to the higher mean metric, then to the later candidate.
-* ``best_in_domain``: the best mean metric over the non-general benchmarks (no floor).
+* ``balanced`` (default): a candidate (checkpoint, fine-tuned model, weight interpolation) is *eligible* when it
+  is no more than ``max_general_regression`` below the base model on every ``general`` benchmark AND beats the
+  base in-domain (mean over the non-general benchmarks) by more than ``min_in_domain_gain``. Among eligible
+  candidates the best *balanced score* wins: mean in-domain gain + mean general change, both against the base.
+  When no candidate is eligible the base model is kept, and the reasons say why.
+* ``best_in_domain``: the best mean metric over the non-general benchmarks (no floor, base included).
 * ``last``: the last candidate (typically the final model).
+
+A benchmark without a validation split is chosen on its headline split, and the reasons say so.
+
+:func:`publish_promoted` then points ``<run>/promoted`` at the promoted model (a symlink to its directory), which
+everything downstream (hub push, deployments, ``st-workflow evaluate -m runs/<run>/promoted``) uses.
 
 Example::
 
-    decision = promote(cfg, eval_manifest, {"checkpoint-20": ".../checkpoint-20", "fine_tuned": ".../model"})
+    decision = promote(cfg, eval_manifest, {"base": "...", "fine_tuned": ".../model", "interp-0.50": "..."})
     decision["promoted"], decision["reasons"]
+    publish_promoted(cfg, decision)          # runs/<run>/promoted -> the model directory
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from st_workflow import atomic
 from st_workflow.config import PipelineConfig
 from st_workflow.manifest import Manifest
+
+VALIDATION_PREFIX = "validation/"
+PROMOTED = "promoted"
 
 
 def average_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -46,6 +59,10 @@ def average_ranks(values: dict[str, float]) -> dict[str, float]:
     return ranks
 
 
+def _mean(xs: list[float]) -> float | None:
+    return math.fsum(xs) / len(xs) if xs else None
+
+
 def promote(
     cfg: PipelineConfig,
     eval_manifest: Manifest,
@@ -54,9 +71,12 @@ def promote(
 ) -> dict[str, Any]:
     """Apply ``cfg.evaluation.promotion`` to ``candidates`` (name -> model path) and write ``promotion.json``.
 
+    ``candidates`` may include the base model itself (it is the fallback either way).
+
     Returns:
-        ``{"promoted": name, "path": path, "policy": ..., "metric": ..., "benchmarks": [...], "reasons": [...],
-        "table": [{"model", "path", "values", "ranks", "mean_rank", "mean", "eligible", "notes"}...]}``.
+        ``{"promoted", "path", "policy", "metric", "benchmarks", "general_benchmarks", "chosen_on", "base",
+        "reasons", "table": [{"model", "path", "values" (chosen-on split), "test" (headline), "deltas",
+        "in_domain_gain", "general_delta", "score", "mean_rank", "eligible", "notes"}...]}``.
 
     Raises:
         ValueError: when no candidate has metrics for the policy's metric.
@@ -67,15 +87,12 @@ def promote(
         m: v for m, v in eval_manifest.metrics.items() if isinstance(v, dict)
     }
     general = {b.name for b in cfg.evaluation.benchmarks if b.general}
-    order = list(candidates)
+    order = list(dict.fromkeys([*([base] if base in metrics else []), *candidates]))
     scored = [c for c in order if c in metrics]
-    reasons: list[str] = []
-    for c in order:
-        if c not in metrics:
-            reasons.append(f"{c}: not evaluated, not a candidate")
+    reasons: list[str] = [f"{c}: not evaluated, not a candidate" for c in order if c not in metrics]
     available = {b for c in scored for b, vals in metrics[c].items() if key in vals}
     wanted = pc.benchmarks or sorted(available)
-    benches = [b for b in wanted if all(key in metrics[c].get(b, {}) for c in scored)]
+    benches = [b for b in wanted if scored and all(key in metrics[c].get(b, {}) for c in scored)]
     for b in wanted:
         if b not in benches:
             reasons.append(f"benchmark {b}: {key} missing for some candidates, left out")
@@ -84,92 +101,134 @@ def promote(
             f"promotion: no candidate of {order} has {key!r} on a common benchmark "
             f"(evaluated: {sorted(metrics)}; benchmarks: {sorted(available)})"
         )
-    values = {c: {b: float(metrics[c][b][key]) for b in benches} for c in scored}
+    chosen_on = {
+        b: "validation" if all(VALIDATION_PREFIX + key in metrics[c][b] for c in scored) else "headline"
+        for b in benches
+    }
+    choice_key = {b: (VALIDATION_PREFIX + key if chosen_on[b] == "validation" else key) for b in benches}
+    values = {c: {b: float(metrics[c][b][choice_key[b]]) for b in benches} for c in scored}
+    test = {c: {b: float(metrics[c][b][key]) for b in benches} for c in scored}
+    in_domain = [b for b in benches if b not in general]
+    gen_in = [b for b in benches if b in general]
+    has_base = base in values
     ranks_by_bench = {b: average_ranks({c: values[c][b] for c in scored}) for b in benches}
-    base_vals = {b: metrics.get(base, {}).get(b, {}).get(key) for b in benches}
+
     table: list[dict[str, Any]] = []
     for c in scored:
         notes: list[str] = []
-        eligible = True
-        for b in benches:
-            if b not in general:
-                continue
-            bv = base_vals[b]
-            if bv is None:
+        deltas = {b: values[c][b] - values[base][b] for b in benches} if has_base else {}
+        eligible = c != base
+        for b in gen_in:
+            if not has_base:
                 notes.append(f"{b}: no base value, floor not checked")
                 continue
-            drop = bv - values[c][b]
+            drop = -deltas[b]
             if drop > pc.max_general_regression + 1e-12:
                 eligible = False
-                notes.append(f"{b} (general): {values[c][b]:.4f} vs base {bv:.4f}, drop {drop:.4f} > floor")
+                notes.append(
+                    f"{b} (general, {chosen_on[b]}): {values[c][b]:.4f} vs base {values[base][b]:.4f}, "
+                    f"drop {drop:.4f} > floor {pc.max_general_regression:g}"
+                )
+        gain = _mean([deltas[b] for b in in_domain]) if has_base else None
+        gen_delta = _mean([deltas[b] for b in gen_in]) if has_base else None
+        if c != base and gain is not None and in_domain and gain <= pc.min_in_domain_gain + 1e-12:
+            eligible = False
+            notes.append(
+                f"in-domain {in_domain}: {gain:+.4f} vs base, not more than {pc.min_in_domain_gain:g} better"
+            )
+        score = (gain or 0.0) + (gen_delta or 0.0) if has_base else _mean(list(values[c].values()))
         table.append(
             {
                 "model": c,
-                "path": candidates[c],
+                "path": candidates.get(c) or (cfg.training.base_model if c == base else None),
                 "values": values[c],
+                "test": test[c],
+                "deltas": deltas,
+                "in_domain_gain": gain,
+                "general_delta": gen_delta,
+                "score": score,
                 "ranks": {b: ranks_by_bench[b][c] for b in benches},
-                "mean_rank": sum(ranks_by_bench[b][c] for b in benches) / len(benches),
+                "mean_rank": math.fsum(ranks_by_bench[b][c] for b in benches) / len(benches),
                 "mean": math.fsum(values[c].values()) / len(benches),
                 "eligible": eligible,
                 "notes": notes,
             }
         )
     rows = {r["model"]: r for r in table}
-    position = {c: i for i, c in enumerate(order)}
-    gen_in = [b for b in benches if b in general]
+    position = {c: i for i, c in enumerate(scored)}
+    splits = sorted({f"{b}: {chosen_on[b]}" for b in benches})
+    headline = [b for b in benches if chosen_on[b] == "headline"]
+    if headline:
+        reasons.append(f"no validation split on {headline}: chosen on the headline split there")
 
     if pc.policy == "last":
         winner = scored[-1]
         reasons.insert(0, f"policy last: promote the last candidate, {winner}")
     elif pc.policy == "best_in_domain":
-        in_domain = [b for b in benches if b not in general] or benches
-        if len(in_domain) == len(benches) and gen_in:
+        ranked_on = in_domain or benches
+        if not in_domain:
             reasons.append("no non-general benchmark: ranking on all benchmarks")
 
         def in_mean(c: str) -> float:
-            return math.fsum(values[c][b] for b in in_domain) / len(in_domain)
+            return math.fsum(values[c][b] for b in ranked_on) / len(ranked_on)
 
         winner = max(scored, key=lambda c: (in_mean(c), position[c]))
         reasons.insert(
             0,
-            f"policy best_in_domain: {winner} has the best mean {key} on {in_domain} ({in_mean(winner):.4f}); "
+            f"policy best_in_domain: {winner} has the best mean {key} on {ranked_on} ({in_mean(winner):.4f}); "
             "no regression floor",
         )
     else:
-        eligible = [c for c in scored if rows[c]["eligible"]]
         floor = (
-            f"floor: at most {pc.max_general_regression:g} below {base} on the general benchmarks {gen_in}"
+            f"floor: at most {pc.max_general_regression:g} below {base} on each general benchmark {gen_in}"
             if gen_in
             else "no general benchmark, so no regression floor"
         )
-        head = f"policy balanced: ranked {len(scored)} candidates by {key} on {benches}; {floor}"
-        reasons.insert(0, head)
+        need = (
+            f"and more than {pc.min_in_domain_gain:g} better than {base} in-domain ({in_domain})"
+            if in_domain
+            else "(no in-domain benchmark to require a gain on)"
+        )
+        reasons.insert(
+            0,
+            f"policy balanced: {len(scored)} models by {key} on {benches} ({', '.join(splits)}); eligible: {floor} "
+            f"{need}; best balanced score (in-domain gain + general change) wins",
+        )
+        if not has_base:
+            reasons.append(f"{base} was not evaluated: no floor, no gain check; ranked by mean {key}")
         for c in scored:
-            if not rows[c]["eligible"]:
-                reasons.append(f"{c} excluded: " + "; ".join(n for n in rows[c]["notes"] if "drop" in n))
+            if c != base and not rows[c]["eligible"]:
+                reasons.append(f"{c} not eligible: " + "; ".join(rows[c]["notes"]))
+        eligible = [c for c in scored if rows[c]["eligible"]]
         if eligible:
-            best = sorted(eligible, key=lambda c: (rows[c]["mean_rank"], -rows[c]["mean"], -position[c]))
+            best = sorted(
+                eligible, key=lambda c: (-rows[c]["score"], -(rows[c]["in_domain_gain"] or 0), position[c])
+            )
             winner = best[0]
+            r = rows[winner]
             reasons.append(
-                f"{winner}: best mean rank {rows[winner]['mean_rank']:.2f} among eligible candidates "
-                f"(mean {key} {rows[winner]['mean']:.4f})"
+                f"{winner}: best balanced score {r['score']:+.4f} among eligible candidates"
+                + (
+                    f" (in-domain {r['in_domain_gain']:+.4f}, general {r['general_delta']:+.4f})"
+                    if r["in_domain_gain"] is not None and r["general_delta"] is not None
+                    else ""
+                )
             )
             if len(best) > 1:
-                ru = best[1]
-                reasons.append(
-                    f"runner-up {ru}: mean rank {rows[ru]['mean_rank']:.2f} (mean {key} {rows[ru]['mean']:.4f})"
-                )
+                ru = rows[best[1]]
+                reasons.append(f"runner-up {best[1]}: balanced score {ru['score']:+.4f}")
         else:
             winner = base
-            reasons.append(f"no candidate stays within the floor on every general benchmark: keeping {base}")
-    for b in gen_in:
-        bv = base_vals[b]
-        if winner in values and bv is not None:
             reasons.append(
-                f"{winner} on {b} (general): {values[winner][b]:.4f} vs {base} {bv:.4f} "
-                f"({values[winner][b] - bv:+.4f})"
+                f"no candidate is eligible: keeping {base}, the model nothing here was shown to beat"
             )
-    path = candidates.get(winner)
+    if winner != base and has_base:
+        for b in gen_in:
+            reasons.append(
+                f"{winner} on {b} (general, {chosen_on[b]}): {values[winner][b]:.4f} vs {base} "
+                f"{values[base][b]:.4f} ({values[winner][b] - values[base][b]:+.4f})"
+            )
+    path = rows[winner]["path"] if winner in rows else candidates.get(winner)
     if path is None and winner == base:
         path = cfg.training.base_model
     decision = {
@@ -179,9 +238,53 @@ def promote(
         "metric": key,
         "benchmarks": benches,
         "general_benchmarks": gen_in,
+        "chosen_on": chosen_on,
         "base": base,
         "reasons": reasons,
         "table": table,
     }
     atomic.write_json(cfg.stage_dir("eval") / "promotion.json", decision)
     return decision
+
+
+def publish_promoted(cfg: PipelineConfig, decision: dict[str, Any]) -> Path:
+    """Point ``<run>/promoted`` at the promoted model and write ``<run>/promoted.json`` (name, path, reasons).
+
+    A local model directory is linked (an atomic symlink swap, so a reader never sees a missing link); a hub id
+    that is not on disk is loaded and saved there instead, so ``<run>/promoted`` is always a loadable model.
+    """
+    from st_workflow.models import resolve_model
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    link = run_dir / PROMOTED
+    target = Path(resolve_model(str(decision["path"]), cfg.cache_path))
+    if target.is_dir():
+        tmp = run_dir / f".{PROMOTED}.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target.resolve(), target_is_directory=True)
+        if link.is_dir() and not link.is_symlink():
+            import shutil
+
+            shutil.rmtree(link)
+        os.replace(tmp, link)
+    else:
+        from st_workflow.models import load_model
+
+        model = load_model(str(decision["path"]), cache_dir=cfg.cache_path)
+        if link.is_symlink():
+            link.unlink()
+        with atomic.atomic_dir(link) as tmp_dir:
+            model.save(str(tmp_dir))
+    atomic.write_json(
+        run_dir / f"{PROMOTED}.json",
+        {
+            "promoted": decision["promoted"],
+            "path": str(decision["path"]),
+            "link": str(link),
+            "policy": decision.get("policy"),
+            "metric": decision.get("metric"),
+            "reasons": decision.get("reasons", []),
+        },
+    )
+    return link

@@ -31,23 +31,39 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def model_kind(name: str, baselines: set[str]) -> str:
-    """``base``, ``checkpoint``, ``final`` or ``baseline`` (how a model is drawn and ordered)."""
+    """``base``, ``checkpoint``, ``final``, ``interpolation`` or ``baseline`` (how a model is drawn and ordered)."""
     if name == "base":
         return "base"
     if _CKPT.match(name):
         return "checkpoint"
     if name in baselines:
         return "baseline"
+    if name.startswith("interp-"):
+        return "interpolation"
     return "final"
 
 
 def order_models(names: list[str], baselines: set[str]) -> list[str]:
-    """Base first, checkpoints by step, then the final model(s), then baselines (each group keeps its order)."""
-    groups: dict[str, list[str]] = {"base": [], "checkpoint": [], "final": [], "baseline": []}
+    """Base first, checkpoints by step, then the final model(s), interpolations by ratio, then baselines.
+
+    Example:
+        >>> order_models(["interp-0.75", "fine_tuned", "checkpoint-20", "base", "interp-0.25"], set())
+        ['base', 'checkpoint-20', 'fine_tuned', 'interp-0.25', 'interp-0.75']
+    """
+    groups: dict[str, list[str]] = {
+        k: [] for k in ("base", "checkpoint", "final", "interpolation", "baseline")
+    }
     for n in dict.fromkeys(names):
         groups[model_kind(n, baselines)].append(n)
     groups["checkpoint"].sort(key=lambda n: int(_CKPT.match(n).group(1)))  # type: ignore[union-attr]
-    return [*groups["base"], *groups["checkpoint"], *groups["final"], *groups["baseline"]]
+    groups["interpolation"].sort()
+    return [
+        *groups["base"],
+        *groups["checkpoint"],
+        *groups["final"],
+        *groups["interpolation"],
+        *groups["baseline"],
+    ]
 
 
 def _fmt(v: float | None) -> str:

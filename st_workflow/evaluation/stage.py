@@ -16,7 +16,12 @@ from typing import Any
 from st_workflow import atomic
 from st_workflow.config import PipelineConfig
 from st_workflow.config.evaluation import BenchmarkSpec
-from st_workflow.evaluation.benchmarks import Benchmark, BenchmarkUnavailableError, load_benchmark
+from st_workflow.evaluation.benchmarks import (
+    Benchmark,
+    BenchmarkUnavailableError,
+    hub_offline,
+    load_benchmark,
+)
 from st_workflow.evaluation.dumps import EvalDump, summarize
 from st_workflow.evaluation.embeddings import EmbeddingCache, model_hash
 from st_workflow.evaluation.evaluator import EvalSettings, RetrievalEvaluator
@@ -63,7 +68,10 @@ def _model_prompts(cfg: PipelineConfig) -> dict[str, str]:
 
 
 def _stage_key(
-    cfg: PipelineConfig, hashes: dict[str, str], specs: list[tuple[BenchmarkSpec, Path | None]]
+    cfg: PipelineConfig,
+    hashes: dict[str, str],
+    specs: list[tuple[BenchmarkSpec, Path | None]],
+    dtype: str = "float32",
 ) -> str:
     from st_workflow.resources import resolve_path
 
@@ -80,6 +88,8 @@ def _stage_key(
             "config": cfg.section_hash("evaluation"),
             "models": hashes,
             "benchmarks": bench_ids,
+            "hub_offline": hub_offline(),
+            "dtype": dtype,
             "code": code_version("evaluation", "models"),
         }
     )
@@ -114,7 +124,7 @@ def evaluate_stage(
     resolved = {name: resolve_model(m, cfg.cache_path) for name, m in models.items()}
     hashes = {name: model_hash(models[name], resolved[name]) for name in models}
     specs = benchmark_specs(cfg, benchmark_dirs)
-    key = _stage_key(cfg, hashes, specs)
+    key = _stage_key(cfg, hashes, specs, settings.dtype)
     if not force and (hit := reusable(out_dir, key)) is not None:
         logger.info("eval: reusing %s (same models, benchmarks and settings)", out_dir)
         return hit
@@ -141,6 +151,7 @@ def evaluate_stage(
     skipped_models: dict[str, str] = {}
     primary = list(dict.fromkeys([*ev.primary_metrics, ev.promotion.metric]))
     counts = {"computed": 0, "reused": 0}
+    logger.info("eval: encoding in %s (evaluation.dtype %s)", settings.dtype, ev.dtype)
     dumps = {name: EvalDump.load(out_dir / f"{name}.json") for name in benches}
     for name, b in benches.items():
         dumps[name].set_benchmark(b.describe())
@@ -206,7 +217,8 @@ def evaluate_stage(
             dump = dumps[bench_name]
             metrics.setdefault(model_name, {})[bench_name] = summarize(
                 dump.results(model_name),
-                tasks=[t.id for t in bench.tasks()],
+                tasks=[t.id for t in bench.headline_tasks()],
+                validation_tasks=[t.id for t in bench.validation_tasks()],
                 precisions=settings.precisions,
                 detail_metrics=primary,
                 bytes_per_doc=dump.bytes_per_doc(model_name),
@@ -232,8 +244,9 @@ def evaluate_stage(
         metrics=metrics,
         config_hash=cfg.section_hash("evaluation"),
         code_version=code_version("evaluation", "models"),
-        # A skip may be transient (Hub down): such a manifest is never reused as is.
-        cache_key="" if skipped or skipped_models else key,
+        # A skip may be transient (Hub down): such a manifest is never reused as is. With the Hub switched off
+        # (HF_HUB_OFFLINE=1, part of the key) a Hub benchmark's skip is what every run gets, so it is reused.
+        cache_key="" if (skipped and not hub_offline()) or skipped_models else key,
     )
     manifest.write()
     return manifest
