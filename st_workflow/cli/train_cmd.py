@@ -1,8 +1,10 @@
 """``st-workflow train CONFIG [--nproc-per-node N] [--pairs FILE] [--resume CKPT] [--set k=v]``.
 
-Pre-tokenizes if needed, then trains (one process, or torchrun with N processes) without Prefect. The pairs come
-from the run directory (``<run dir>/pairs/manifest.json``, written by the pipeline) or from ``--pairs``: any
-Parquet / JSONL / CSV file with ``anchor`` and ``positive`` columns (a ``schemas.PAIR_SCHEMA`` file included).
+Mines hard negatives (``mining.enabled``), pre-tokenizes (dropping rows of ``hf``/``local``/``beir`` sources that
+leak into the hold-out or a local benchmark) if needed, then trains (one process, or torchrun with N processes)
+without Prefect. The pairs come from the run directory (``<run dir>/pairs/manifest.json``, written by the
+pipeline) or from ``--pairs``: any Parquet / JSONL / CSV file with ``anchor`` and ``positive`` columns (a
+``schemas.PAIR_SCHEMA`` file included).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 from st_workflow.cli.common import add_config_args, config_from_args
 
 if TYPE_CHECKING:
+    from st_workflow.config import PipelineConfig
     from st_workflow.manifest import Manifest
 
 
@@ -90,6 +93,20 @@ def _first_row_keys(path: Path) -> list[str]:
     return [c.strip() for c in first.split("\t" if path.suffix.lower() == ".tsv" else ",")]
 
 
+def _guard_targets(cfg: PipelineConfig) -> list[dict]:
+    """The benchmarks training sources must not leak into (what the flows pass): the built hold-out, when this
+    run directory has one, and every local benchmark."""
+    from st_workflow.leakage import leakage_targets
+    from st_workflow.manifest import MANIFEST_NAME, Manifest
+
+    holdout_dir = cfg.stage_dir("benchmark") / cfg.pairs.holdout.name
+    holdout = None
+    if cfg.pairs.holdout.enabled and (holdout_dir / MANIFEST_NAME).is_file():
+        holdout = Manifest.read(holdout_dir)
+        holdout = holdout if holdout.is_valid() else None
+    return [t.as_dict() for t in leakage_targets(cfg, holdout)]
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.nproc_per_node:
         args.overrides.append(f"training.launch.nproc_per_node={args.nproc_per_node}")
@@ -97,7 +114,13 @@ def _train(args: argparse.Namespace) -> int:
         args.overrides.append(f"training.checkpoints.resume_from={args.resume}")
     cfg = config_from_args(args)
     from st_workflow.manifest import Manifest
-    from st_workflow.training import TrainingCancelled, TrainingFailed, pretokenize_stage, train_stage
+    from st_workflow.training import (
+        TrainingCancelled,
+        TrainingFailed,
+        mine_stage,
+        pretokenize_stage,
+        train_stage,
+    )
 
     needs_pipeline_pairs = any(s.enabled and s.data.kind == "pipeline" for s in cfg.training.sources)
     pairs = None
@@ -115,8 +138,20 @@ def _train(args: argparse.Namespace) -> int:
             )
             return 2
         pairs = Manifest.read(manifest)
+    mined = None
+    if cfg.mining.enabled and (pairs is not None or cfg.mining.sources):
+        print(f"mining hard negatives with {cfg.mining.model or cfg.training.base_model}", flush=True)
+        mined = mine_stage(cfg, pairs)
+        totals = {
+            kind: sum(v for k, v in mined.counts.items() if k.split(":")[0] == kind)
+            for kind in ("negatives_mined", "negatives_fallback")
+        }
+        print(
+            f"negatives: {totals['negatives_mined']} mined, {totals['negatives_fallback']} random fallbacks",
+            flush=True,
+        )
     print(f"pre-tokenizing {len(cfg.training.sources)} source(s)", flush=True)
-    pretok = pretokenize_stage(cfg, pairs)
+    pretok = pretokenize_stage(cfg, pairs, mined=mined, guard_targets=_guard_targets(cfg))
     print(
         f"training {cfg.training.base_model} with {cfg.training.launch.nproc_per_node} process(es)",
         flush=True,

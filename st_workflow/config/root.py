@@ -10,6 +10,7 @@ from st_workflow.config.base import StrictModel
 from st_workflow.config.evaluation import EvaluationConfig
 from st_workflow.config.generation import GenerationConfig
 from st_workflow.config.ingest import IngestConfig
+from st_workflow.config.mining import MiningConfig
 from st_workflow.config.orchestration import OrchestrationConfig
 from st_workflow.config.pairs import PairsConfig
 from st_workflow.config.tracking import WandbConfig
@@ -38,6 +39,8 @@ class PipelineConfig(StrictModel):
     """Natural pairs and the held-out in-domain benchmark."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     """LLM relevancy filter and pair generation."""
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    """Hard-negative mining between the pairs dataset and pre-tokenization."""
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     """Fine-tuning."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

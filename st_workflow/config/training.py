@@ -120,7 +120,8 @@ class TrainSource(StrictModel):
     loss: LossConfig | None = None
     """Loss for this source; unset uses ``training.loss``."""
     replay: bool = False
-    """Mark as anti-forgetting replay of an earlier stage (reported separately)."""
+    """Anti-forgetting replay of an earlier stage: with ``sampler.replay_share`` set, the replay sources together
+    take that share of every epoch's batches; reported separately."""
     max_rows: PositiveInt | None = None
     """Cap on rows read from the source."""
     enabled: bool = True
@@ -165,6 +166,9 @@ class SamplerConfig(StrictModel):
     """Group similar lengths into batches (less padding) while keeping the order seeded."""
     length_window: PositiveInt = 32
     """Batches per length-sorting window: larger pads less, smaller keeps batches more random."""
+    replay_share: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Share of each epoch's batches drawn from the sources marked ``replay`` (split between them by size);
+    the other sources keep their batches from ``strategy``. Unset: replay sources are counted like any other."""
 
 
 class LaunchConfig(StrictModel):
@@ -213,6 +217,24 @@ class BinarizationConfig(StrictModel):
     """Final beta of the tanh estimator (annealed linearly over training)."""
 
 
+class InterpolationConfig(StrictModel):
+    """Weight-space ensembling (WiSE-FT): models between the base and the fine-tuned weights."""
+
+    enabled: bool = True
+    """Write the interpolated models after training (they become promotion candidates)."""
+    ratios: list[Fraction] = Field(default_factory=list)
+    """Shares of the fine-tuned weights, e.g. ``[0.5, 0.75]``: ``(1 - r) * base + r * fine_tuned``; empty: none."""
+
+
+class DistillationConfig(StrictModel):
+    """An extra loss term that keeps the embeddings near a frozen teacher's (by default the base model's)."""
+
+    weight: float = Field(default=0.0, ge=0.0)
+    """Weight of ``mean(1 - cos(student, teacher))`` over every text of a batch; 0 switches it off."""
+    teacher: str | None = None
+    """Teacher model (same tokenizer as the student); unset: the base model."""
+
+
 class CheckpointConfig(StrictModel):
     """Checkpointing and resume."""
 
@@ -237,8 +259,9 @@ class InTrainingEvalConfig(StrictModel):
     """Evaluate every N optimizer steps; unset: no in-training evaluation."""
     benchmarks: list[str] = Field(default_factory=list)
     """Names of the benchmarks to use among those handed to the train stage; empty: all of them."""
-    split: str = "test"
-    """Qrels split of each benchmark."""
+    split: str = "validation"
+    """Qrels split of each benchmark (the hold-out writes ``validation`` and ``test``: watch validation, report
+    test); a benchmark without this split falls back to ``test``."""
     max_queries: PositiveInt | None = 300
     """Seeded subset of queries per benchmark, so that evaluating stays cheap."""
     ks: list[PositiveInt] = Field(default_factory=lambda: [10])
@@ -292,7 +315,9 @@ class TrainingConfig(StrictModel):
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Autocast precision on GPU (master weights stay fp32); CPU always runs fp32."""
+    """Autocast precision (master weights stay fp32). ``auto``: bf16 on GPUs that support it (else fp16) and on
+    CPUs with native bf16 units (``avx512_bf16``/``amx_bf16``, about 2x faster steps), fp32 on other CPUs; fp16
+    on a CPU runs fp32."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device; auto picks CUDA when available."""
     pretokenize: bool = True
@@ -321,6 +346,10 @@ class TrainingConfig(StrictModel):
     """Binarization-aware training."""
     evaluation: InTrainingEvalConfig = Field(default_factory=InTrainingEvalConfig)
     """Retrieval evaluation during training."""
+    interpolation: InterpolationConfig = Field(default_factory=InterpolationConfig)
+    """Weight-space ensembles of the base and the fine-tuned model (promotion candidates)."""
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig)
+    """Keep the embeddings near the frozen base model's while training."""
     hub: HubConfig = Field(default_factory=HubConfig)
     """Hub push."""
 
@@ -330,4 +359,11 @@ class TrainingConfig(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"training.sources: duplicate names {dupes}")
+        enabled = [s for s in self.sources if s.enabled]
+        if self.sampler.replay_share and not any(s.replay for s in enabled):
+            raise ValueError(
+                "training.sampler.replay_share is set but no enabled training source has replay: true"
+            )
+        if self.sampler.replay_share and all(s.replay for s in enabled):
+            raise ValueError("training.sampler.replay_share needs at least one source that is not replay")
         return self

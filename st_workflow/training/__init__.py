@@ -3,6 +3,8 @@
 Stage functions (what the Prefect tasks and ``st-workflow train`` call):
 
 * :func:`pretokenize_stage` ``(cfg, pairs_manifest) -> Manifest``: every training source into the shared Arrow cache;
+* :func:`mine_stage` ``(cfg, pairs_manifest) -> Manifest``: the pairs with a mined hard negative each (same schema,
+  role ``pairs``), between the pairs dataset and pre-tokenization;
 * :func:`train_stage` ``(cfg, pairs_manifest, pretok_manifest, *, log_sink=None, should_cancel=None) -> Manifest``:
   train in a process group it owns (one process, or torchrun) and return the model manifest.
 
@@ -17,6 +19,7 @@ from st_workflow.lazy import lazy_exports
 _EXPORTS = {
     "pretokenize_stage": "pretokenize",
     "build_sources": "pretokenize",
+    "mine_stage": "mining",
     "train_stage": "stage",
     "resolve_resume": "stage",
     "TrainingCancelled": "launcher",

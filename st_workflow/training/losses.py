@@ -62,3 +62,62 @@ def build_loss(
         margin=cfg.gist_margin,
         gather_across_devices=cfg.gather_across_devices,
     )
+
+
+class DistillationLoss(nn.Module):
+    """A source's MNRL loss plus ``weight * mean(1 - cos(student, teacher))`` over every text of the batch.
+
+    The teacher (by default the frozen base model) embeds the same token ids under ``torch.no_grad``; the term
+    pulls the fine-tuned embeddings back towards what the base model computed for the same texts, the embedding
+    space the general benchmarks were good in, while MNRL moves them towards the new domain. The teacher is kept
+    out of the module tree, so its weights are neither trained nor saved.
+    """
+
+    def __init__(self, loss: nn.Module, teacher: Any, weight: float) -> None:
+        super().__init__()
+        from sentence_transformers.sentence_transformer import losses
+
+        if not isinstance(loss, losses.MultipleNegativesRankingLoss):
+            raise ValueError(
+                f"training.distillation works with loss type mnrl, not {type(loss).__name__}; "
+                "set the source's loss to mnrl or distillation.weight to 0"
+            )
+        self.loss = loss
+        self.model = loss.model
+        self.weight = float(weight)
+        self._teacher = [teacher]
+        self.last_terms: dict[str, float] = {}
+
+    def forward(self, sentence_features: Any, labels: Any) -> Any:
+        import torch
+        from sentence_transformers.base.losses.merged_forward import embed_columns
+
+        features = list(sentence_features)
+        inputs = [{k: v for k, v in f.items() if k not in _OUTPUT_KEYS} for f in features]
+        embeddings = embed_columns(self.model, features)
+        contrastive = self.loss.compute_loss_from_embeddings(embeddings, labels)
+        teacher = self._teacher[0]
+        with torch.no_grad():
+            targets = [teacher(f)["sentence_embedding"] for f in inputs]
+        drift = torch.stack(
+            [
+                (1 - torch.nn.functional.cosine_similarity(e, t.to(e.dtype), dim=-1)).mean()
+                for e, t in zip(embeddings, targets, strict=True)
+            ]
+        ).mean()
+        self.last_terms = {"contrastive": float(contrastive.detach()), "drift": float(drift.detach())}
+        return contrastive + self.weight * drift
+
+
+_OUTPUT_KEYS = frozenset({"token_embeddings", "sentence_embedding", "all_layer_embeddings"})
+
+
+def load_teacher(name: str, *, device: str, cache_dir: str) -> Any:
+    """A frozen, eval-mode model to distil from."""
+    from st_workflow.models import load_model
+
+    teacher = load_model(name, device=device, cache_dir=cache_dir)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

@@ -15,6 +15,22 @@ per batch, and tokenization is the model's own.
 
 Entries are written with :func:`st_workflow.atomic.atomic_dir`, so concurrent builders and crashes never leave a
 half-written entry, and they are built once in the calling process before the launch: every rank only memory-maps.
+
+Two optional inputs change what a source's text entry holds (and so its key):
+
+* ``mined`` (the ``mine`` stage's manifest): a source with role ``source:<name>`` there is read from that mined
+  file (``anchor``, ``positive``, ``negative``) instead of its own rows; its fingerprint then covers the file's
+  sha256, and ``max_rows`` (applied before mining) is not applied again. Role ``pairs`` there replaces the pipeline
+  pairs for ``pipeline`` sources. A source with a ``negative`` column trains with it as a hard negative (MNRL).
+  A separate argument rather than roles read off ``pairs_manifest``: the pipeline pairs and the mined sources are
+  different things, and a run may mine a ``beir`` source with no pipeline pairs at all.
+* ``guard_targets`` (the flows' :func:`st_workflow.flows.common.guarded_benchmarks`): every row of an ``hf``,
+  ``local`` or ``beir`` source that leaks into one of those benchmarks (:class:`st_workflow.leakage.BenchmarkGuard`,
+  with ``pairs.near_duplicates``' rule) is dropped and counted as ``dropped["leaked:<benchmark>"]``; a source left
+  with no row fails with :class:`st_workflow.leakage.LeakageError`. ``pipeline`` sources are not checked again:
+  the ``pairs`` stage (``st_workflow.pairset.assemble_pairs``) already dropped their leaking pairs by the same rule
+  against the same benchmarks, and mining draws their negatives from those clean positives. A benchmark's qrels
+  it does not evaluate (a ``train`` split) are training data, not answers (``LeakageTarget.qrels``).
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +49,19 @@ from st_workflow import atomic
 from st_workflow.config import PipelineConfig
 from st_workflow.config.training import TrainSource
 from st_workflow.hashing import code_version, sha256_file, stable_hash
+from st_workflow.leakage import BenchmarkGuard, LeakageTarget, benchmarks_hash, check_all_not_dropped
 from st_workflow.log import get_logger
 from st_workflow.manifest import FileEntry, Manifest, reusable
-from st_workflow.training.sources import SourceContext, SourceCounts, materialize, open_source
+from st_workflow.near_duplicates import NearDuplicateRule
+from st_workflow.training.mining import mined_source_files
+from st_workflow.training.sources import (
+    MinedFile,
+    SourceContext,
+    SourceCounts,
+    SourceReader,
+    materialize,
+    open_source,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -113,18 +139,80 @@ def _read_info(d: Path) -> dict[str, Any] | None:
         return None
 
 
-def _build_text_entry(src: TrainSource, ctx: SourceContext, cache_root: Path) -> tuple[Path, dict[str, Any]]:
-    reader = open_source(src, ctx)
-    key = stable_hash(
-        {"v": FORMAT_VERSION, "fp": reader.fingerprint, "columns": reader.columns, "max_rows": src.max_rows}
-    )
+@dataclass
+class SourceGuard:
+    """The leakage guard pre-tokenization applies to the ``hf``, ``local`` and ``beir`` training sources."""
+
+    targets: list[LeakageTarget]
+    """The guarded benchmarks (those whose ``leakage`` is not ``none``)."""
+    rule: NearDuplicateRule
+    """The near-duplicate rule (``pairs.near_duplicates``)."""
+    key: str
+    """Identity of the guard (benchmark contents and modes, the rule, the leakage code) for cache keys."""
+    _built: BenchmarkGuard | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def build(cls, cfg: PipelineConfig, guard_targets: list[dict[str, Any]] | None) -> SourceGuard | None:
+        """``None`` when nothing is to be guarded (no target, or every target's ``leakage`` is ``none``)."""
+        targets = [LeakageTarget.coerce(t) for t in guard_targets or []]
+        targets = [t for t in targets if t.mode != "none"]
+        if not targets:
+            return None
+        rule = NearDuplicateRule.from_config(cfg.pairs.near_duplicates)
+        key = stable_hash(
+            {
+                "benchmarks": benchmarks_hash(targets),
+                "rule": {"threshold": rule.threshold, "ngram": rule.ngram},
+                "code": code_version("leakage", "near_duplicates"),
+            }
+        )
+        return cls(targets, rule, key)
+
+    def applies(self, src: TrainSource) -> bool:
+        """Whether this source's rows are checked (every kind but ``pipeline``, see the module docstring)."""
+        return src.data.kind != "pipeline"
+
+    def guard(self) -> BenchmarkGuard:
+        """The benchmark indexes, built on first use (only when some entry is actually built)."""
+        if self._built is None:
+            self._built = BenchmarkGuard(self.targets, self.rule)
+        return self._built
+
+
+def leaked_counts(dropped: dict[str, int]) -> dict[str, int]:
+    """Benchmark -> rows dropped as leaking into it, from a source's ``dropped`` counts.
+
+    Example:
+        >>> leaked_counts({"duplicate": 2, "leaked:scifact": 3})
+        {'scifact': 3}
+    """
+    return {k.removeprefix("leaked:"): v for k, v in dropped.items() if k.startswith("leaked:")}
+
+
+def _build_text_entry(
+    src: TrainSource, reader: SourceReader, cache_root: Path, guard: SourceGuard | None = None
+) -> tuple[Path, dict[str, Any]]:
+    max_rows = None if reader.mined else src.max_rows
+    guarded = guard is not None and guard.applies(src)
+    key_parts: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "fp": reader.fingerprint,
+        "columns": reader.columns,
+        "max_rows": max_rows,
+    }
+    if guarded:
+        assert guard is not None
+        key_parts["guard"] = guard.key
+    key = stable_hash(key_parts)
     target = cache_root / f"text-{key}"
     info = _read_info(target)
     if info is not None and (target / DATA_FILE).is_file():
         return target, info
     log = get_logger()
     with atomic.atomic_dir(target) as tmp:
-        counts: SourceCounts = materialize(reader, tmp / DATA_FILE, max_rows=src.max_rows)
+        counts: SourceCounts = materialize(
+            reader, tmp / DATA_FILE, max_rows=max_rows, guard=guard.guard() if guarded and guard else None
+        )
         if counts.dropped:
             log.warning(
                 "training source %r: dropped %s of %d rows (%s)",
@@ -143,6 +231,8 @@ def _build_text_entry(src: TrainSource, ctx: SourceContext, cache_root: Path) ->
             "dropped": counts.dropped,
             "dropped_examples": counts.examples,
             "details": reader.details,
+            "mined": reader.mined,
+            "guarded": [t.name for t in guard.targets] if guarded and guard else None,
         }
         atomic.write_json(tmp / "info.json", info)
     return target, info
@@ -252,6 +342,8 @@ def _build_train_entry(
             "read": text_info["read"],
             "kept": text_info["kept"],
             "dropped": text_info["dropped"],
+            "mined": bool(text_info.get("mined")),
+            "guarded": text_info.get("guarded"),
             "subsampled_from": n if keep < n else None,
             "tokenizer": tok_fp if pretokenize else None,
             "max_seq_length": max_seq_length if pretokenize else None,
@@ -276,8 +368,20 @@ def build_sources(
     pairs_sha256: str | None = None,
     *,
     model_dir: str | None = None,
+    mined: dict[str, MinedFile] | None = None,
+    guard: SourceGuard | None = None,
+    readers: dict[str, SourceReader] | None = None,
 ) -> list[BuiltSource]:
-    """Build (or find) the cache entries of every enabled ``training.sources`` entry."""
+    """Build (or find) the cache entries of every enabled ``training.sources`` entry.
+
+    ``mined``: source name -> its mined file (read instead of the source); ``guard``: the leakage guard of the
+    non-pipeline sources (see the module docstring); ``readers``: sources already opened (with the same
+    ``mined``), by name.
+
+    Raises:
+        LeakageError: the guard dropped every row of a source (naming it, the benchmarks, counts and option).
+        ValueError: a source has no usable row.
+    """
     from st_workflow.models import resolve_model
 
     t = cfg.training
@@ -289,9 +393,19 @@ def build_sources(
         pipeline_pairs=pairs_path,
         pipeline_pairs_sha256=pairs_sha256,
         hf_cache_dir=cfg.cache_path / "hf-datasets",
+        mined=dict(mined or {}),
     )
-    texts = [_build_text_entry(s, ctx, cache_root) for s in sources]
+    opened = readers or {}
+    texts = [
+        _build_text_entry(s, opened.get(s.name) or open_source(s, ctx), cache_root, guard) for s in sources
+    ]
     for s, (_, info) in zip(sources, texts, strict=True):
+        check_all_not_dropped(
+            int(info["kept"]),
+            leaked_counts(info["dropped"]),
+            guard.targets if guard is not None else [],
+            f"pretokenize: training source {s.name!r}",
+        )
         if info["kept"] == 0:
             raise ValueError(
                 f"training source {s.name!r}: no usable rows (read {info['read']}, {info['dropped']})"
@@ -323,8 +437,16 @@ def build_sources(
     ]
 
 
-def pretokenize_key(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> str:
-    """Cache key of the stage: the training options it reads, the pairs' content and this code."""
+def pretokenize_key(
+    cfg: PipelineConfig,
+    pairs_manifest: Manifest | None,
+    mined: Manifest | None = None,
+    guard: SourceGuard | None = None,
+    fingerprints: dict[str, str] | None = None,
+) -> str:
+    """Cache key of the stage: the training options it reads, the pairs' and the mined files' content, the
+    content fingerprints of the other sources (``fingerprints``: name -> reader fingerprint), the leakage guard
+    (benchmark contents, modes, rule) and this code."""
     t = cfg.training
     return stable_hash(
         {
@@ -341,29 +463,60 @@ def pretokenize_key(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> str
                 ],
             },
             "pairs": pairs_manifest.content_hash if pairs_manifest is not None else None,
+            "mined": mined.content_hash if mined is not None else None,
+            "fingerprints": fingerprints or {},
+            "guard": guard.key if guard is not None else None,
             "code": code_version("training"),
         }
     )
 
 
-def pretokenize_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest:
+def pretokenize_stage(
+    cfg: PipelineConfig,
+    pairs_manifest: Manifest | None,
+    *,
+    mined: Manifest | None = None,
+    guard_targets: list[dict[str, Any]] | None = None,
+) -> Manifest:
     """Stage ``pretokenize``: build every training source's cache entry and describe them in a manifest.
 
     Roles ``source:<name>`` point at each cache entry's ``data.arrow`` (absolute paths; the entry directory holds
     ``hashes.npy``, ``lengths.npy`` and ``info.json`` beside it); role ``sources`` is ``sources.json`` in the stage
-    directory, which the train stage reads. ``pairs_manifest`` may be ``None`` when no source reads the
-    pipeline pairs.
+    directory, which the train stage reads; each record says whether the source's rows come from the ``mine``
+    stage (``mined``) and which benchmarks it was checked against (``guarded``). Counts: ``rows``,
+    ``rows:<source>``, ``dropped:<source>`` (all reasons) and ``leaked:<source>:<benchmark>``.
+
+    Args:
+        pairs_manifest: the ``pairs`` stage manifest; ``None`` when no source reads the pipeline pairs.
+        mined: the ``mine`` stage manifest: its ``source:<name>`` files replace those sources' rows, its ``pairs``
+            (when present) the pipeline pairs; ``None``: no mined negatives beyond what ``pairs_manifest`` holds.
+        guard_targets: benchmarks (``LeakageTarget`` dicts, :func:`st_workflow.flows.common.guarded_benchmarks`)
+            that ``hf``/``local``/``beir`` rows must not leak into; ``None``: no check.
+
+    Raises:
+        LeakageError: the guard dropped every row of a source.
     """
     out = cfg.stage_dir(STAGE)
-    key = pretokenize_key(cfg, pairs_manifest)
+    guard = SourceGuard.build(cfg, guard_targets)
+    mined_files = mined_source_files(mined)
+    # The pipeline pairs are covered by their manifests' content hashes; every other source is opened (its
+    # fingerprint: file hashes, dataset fingerprint, mined file) so that changed data is never reused.
+    ctx = SourceContext(hf_cache_dir=cfg.cache_path / "hf-datasets", mined=mined_files)
+    readers = {
+        s.name: open_source(s, ctx) for s in cfg.training.sources if s.enabled and s.data.kind != "pipeline"
+    }
+    fingerprints = {name: r.fingerprint for name, r in readers.items()}
+    key = pretokenize_key(cfg, pairs_manifest, mined, guard, fingerprints)
     hit = reusable(out, key)
     if hit is not None:
         return hit
     pairs_path = pairs_sha = None
-    if pairs_manifest is not None:
-        pairs_path = pairs_manifest.path("pairs")
-        pairs_sha = pairs_manifest.files["pairs"].sha256
-    built = build_sources(cfg, pairs_path, pairs_sha)
+    pairs_from = mined if mined is not None and "pairs" in mined.files else pairs_manifest
+    if pairs_from is not None:
+        pairs_path = pairs_from.path("pairs")
+        pairs_sha = pairs_from.files["pairs"].sha256
+    built = build_sources(cfg, pairs_path, pairs_sha, mined=mined_files, guard=guard, readers=readers)
+    pipeline_mined = pairs_from is not None and pairs_from.stage == "mine"
     records = []
     files: dict[str, FileEntry] = {}
     counts: dict[str, int] = {}
@@ -382,6 +535,8 @@ def pretokenize_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> M
                 "subsampled_from": b.info.get("subsampled_from"),
                 "fingerprint": b.info["fingerprint"],
                 "cache_key": b.info["key"],
+                "mined": bool(b.info.get("mined")) or (s.data.kind == "pipeline" and pipeline_mined),
+                "guarded": b.info.get("guarded"),
             }
         )
         files[f"source:{s.name}"] = FileEntry(
@@ -392,6 +547,8 @@ def pretokenize_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> M
         )
         counts[f"rows:{s.name}"] = int(b.info["rows"])
         counts[f"dropped:{s.name}"] = int(sum(b.info["dropped"].values()))
+        for bench, n in leaked_counts(b.info["dropped"]).items():
+            counts[f"leaked:{s.name}:{bench}"] = int(n)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / SOURCES_FILE, {"sources": records})
     files["sources"] = FileEntry(
@@ -401,20 +558,26 @@ def pretokenize_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> M
         rows=len(records),
     )
     counts["rows"] = sum(int(b.info["rows"]) for b in built)
+    metrics: dict[str, Any] = {
+        "mean_length": {b.source.name: b.info["mean_length"] for b in built},
+        "mode": "tokens" if cfg.training.pretokenize else "text",
+    }
+    if guard is not None:
+        metrics["guarded"] = {
+            "benchmarks": [{"name": t.name, "mode": t.mode, "qrels": list(t.qrels)} for t in guard.targets],
+            "sources": [b.source.name for b in built if b.info.get("guarded")],
+        }
     m = Manifest(
         stage=STAGE,
         directory=str(out),
         files=files,
         counts=counts,
         schema={c: "list<int32>" if cfg.training.pretokenize else "string" for c in ("anchor", "positive")},
-        metrics={
-            "mean_length": {b.source.name: b.info["mean_length"] for b in built},
-            "mode": "tokens" if cfg.training.pretokenize else "text",
-        },
+        metrics=metrics,
         config_hash=cfg.section_hash("training"),
         code_version=code_version("training"),
         cache_key=key,
-        upstream=[pairs_manifest.ref()] if pairs_manifest is not None else [],
+        upstream=[x.ref() for x in (pairs_manifest, mined) if x is not None],
     )
     m.write()
     return m

@@ -15,6 +15,11 @@ Strategies (how many batches each source gets per epoch, ``L_i`` = full batches 
 * ``temperature``: the same total as proportional, split with ``p_i ~ n_i ** (1 / T)`` (T = 1 is proportional,
   large T tends to uniform), repeating small sources as needed.
 
+``replay_share`` (anti-forgetting replay): the sources marked ``replay`` are left out of the strategy and together
+get ``round(N * share / (1 - share))`` batches, where ``N`` is what the strategy gave the others, split between
+them by size (each at least one, a small one repeated in fresh seeded passes). So a replay share of 0.2 makes one
+batch in five a replay batch whatever the sizes.
+
 Under DDP with ``world_size`` ranks the sampler builds *global* batches of ``batch_size * world_size`` distinct
 texts from one source and emits them as ``world_size`` consecutive per-rank batches. Accelerate's
 ``BatchSamplerShard`` hands batch ``j`` to rank ``j % world_size``, so at every step all ranks train on the same
@@ -58,18 +63,20 @@ class SourceIndex:
         hashes: ``(rows, columns)`` int64 hashes of every text of every row (equal text, equal hash).
         lengths: ``(rows,)`` token (or character) length of each row, summed over its columns.
         weight: batches-per-epoch multiplier (``weighted`` strategy).
+        replay: an anti-forgetting replay source (see ``replay_share``).
     """
 
     name: str
     hashes: np.ndarray
     lengths: np.ndarray
     weight: float = 1.0
+    replay: bool = False
 
     def __len__(self) -> int:
         return int(self.hashes.shape[0])
 
     @classmethod
-    def load(cls, directory: str | Path, name: str, weight: float = 1.0) -> SourceIndex:
+    def load(cls, directory: str | Path, name: str, weight: float = 1.0, replay: bool = False) -> SourceIndex:
         """Memory-map ``hashes.npy`` and ``lengths.npy`` written by the pre-tokenization stage."""
         d = Path(directory)
         return cls(
@@ -77,6 +84,7 @@ class SourceIndex:
             hashes=np.load(d / "hashes.npy", mmap_mode="r"),
             lengths=np.load(d / "lengths.npy", mmap_mode="r"),
             weight=weight,
+            replay=replay,
         )
 
 
@@ -195,11 +203,37 @@ def source_pass(
 
 
 def batches_per_epoch(
-    sizes: Sequence[int], weights: Sequence[float], strategy: str, batch_size: int, temperature: float = 2.0
+    sizes: Sequence[int],
+    weights: Sequence[float],
+    strategy: str,
+    batch_size: int,
+    temperature: float = 2.0,
+    replay: Sequence[bool] | None = None,
+    replay_share: float | None = None,
 ) -> list[int]:
-    """Global batches each source contributes to one epoch under ``strategy`` (see the module docstring)."""
+    """Global batches each source contributes to one epoch under ``strategy`` (see the module docstring).
+
+    Example:
+        >>> batches_per_epoch([384, 64], [1, 1], "proportional", 32, replay=[False, True], replay_share=0.2)
+        [12, 3]
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {STRATEGIES}")
+    flags = list(replay) if replay is not None else [False] * len(sizes)
+    if replay_share and any(flags) and not all(flags):
+        main = [i for i, f in enumerate(flags) if not f]
+        rep = [i for i, f in enumerate(flags) if f]
+        main_counts = batches_per_epoch(
+            [sizes[i] for i in main], [weights[i] for i in main], strategy, batch_size, temperature
+        )
+        total = max(len(rep), round(sum(main_counts) * replay_share / (1.0 - replay_share)))
+        rep_counts = _split_by_size([sizes[i] for i in rep], total)
+        out = [0] * len(sizes)
+        for i, c in zip(main, main_counts, strict=True):
+            out[i] = c
+        for i, c in zip(rep, rep_counts, strict=True):
+            out[i] = c
+        return out
     per_pass = [full_batches_per_pass(n, batch_size) for n in sizes]
     if strategy == "proportional":
         return per_pass
@@ -207,13 +241,21 @@ def batches_per_epoch(
         return [min(per_pass)] * len(per_pass)
     if strategy == "weighted":
         return [max(1, round(b * w)) for b, w in zip(per_pass, weights, strict=True)]
-    total = sum(per_pass)
     p = np.array([n ** (1.0 / temperature) for n in sizes], dtype=np.float64)
+    return _split_by_weight(p, sum(per_pass))
+
+
+def _split_by_weight(p: np.ndarray, total: int) -> list[int]:
+    """``total`` split in proportion to ``p`` (largest remainder), each part at least 1."""
     quotas = p / p.sum() * total
     counts = np.floor(quotas).astype(int)
     for i in np.argsort(-(quotas - counts), kind="stable")[: total - int(counts.sum())]:
         counts[i] += 1
     return [max(1, int(c)) for c in counts]
+
+
+def _split_by_size(sizes: Sequence[int], total: int) -> list[int]:
+    return _split_by_weight(np.array([max(1, n) for n in sizes], dtype=np.float64), total)
 
 
 def build_plan(
@@ -228,12 +270,19 @@ def build_plan(
     group_by_length: bool = False,
     length_window: int = 32,
     allow_partial: bool = True,
+    replay_share: float | None = None,
 ) -> list[tuple[int, list[int]]]:
     """One epoch's ordered ``(source id, global batch of local row ids)`` list."""
     counts = batches_per_epoch(
-        [len(i) for i in indexes], [i.weight for i in indexes], strategy, batch_size, temperature
+        [len(i) for i in indexes],
+        [i.weight for i in indexes],
+        strategy,
+        batch_size,
+        temperature,
+        replay=[i.replay for i in indexes],
+        replay_share=replay_share,
     )
-    if strategy == "round_robin":
+    if strategy == "round_robin" and not (replay_share and any(i.replay for i in indexes)):
         order = [s for _ in range(counts[0]) for s in range(len(indexes))]
     else:
         order = _rng(seed, epoch, 0x5EED).permutation(np.repeat(np.arange(len(indexes)), counts)).tolist()
@@ -281,6 +330,7 @@ class MultiSourceBatchSampler(MultiDatasetDefaultBatchSampler):
         group_by_length: bool = False,
         length_window: int = 32,
         seed: int = 0,
+        replay_share: float | None = None,
     ) -> None:
         if len(dataset.datasets) != len(indexes):
             raise ValueError("one SourceIndex per dataset of the ConcatDataset is needed")
@@ -298,6 +348,7 @@ class MultiSourceBatchSampler(MultiDatasetDefaultBatchSampler):
         self.no_duplicates = no_duplicates
         self.group_by_length = group_by_length
         self.length_window = length_window
+        self.replay_share = replay_share
         self.offsets = [0, *accumulate(len(d) for d in dataset.datasets)]
         self._plan_cache: tuple[int, list[tuple[int, list[int]]]] | None = None
 
@@ -318,6 +369,7 @@ class MultiSourceBatchSampler(MultiDatasetDefaultBatchSampler):
                     group_by_length=self.group_by_length,
                     length_window=self.length_window,
                     allow_partial=self.world_size == 1,
+                    replay_share=self.replay_share,
                 ),
             )
         return self._plan_cache[1]
@@ -343,5 +395,7 @@ class MultiSourceBatchSampler(MultiDatasetDefaultBatchSampler):
             self.strategy,
             self.batch_size * self.world_size,
             self.temperature,
+            replay=[i.replay for i in self.indexes],
+            replay_share=self.replay_share,
         )
         return sum(counts) * self.world_size

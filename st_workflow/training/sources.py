@@ -12,7 +12,15 @@ column mapping), which keys the pre-tokenization cache. Adding a kind means addi
 * ``beir``: a BEIR directory's qrels as ``(query text, title + " " + text)`` pairs.
 
 :func:`materialize` turns a reader into a clean, memory-mappable Arrow file: rows with a missing or blank text are
-dropped and counted by reason, exact duplicate rows are dropped and counted, nothing disappears silently.
+dropped and counted by reason, exact duplicate rows are dropped and counted, and with a
+:class:`~st_workflow.leakage.BenchmarkGuard` every row leaking into a benchmark is dropped and counted as
+``leaked:<benchmark>``; nothing disappears silently.
+
+Mined negatives: when :attr:`SourceContext.mined` holds a file of the ``mine`` stage for a (non-``pipeline``)
+source, :func:`open_source` reads that file (``anchor``, ``positive``, ``negative``) instead of the source's own
+rows. It still opens the source itself, to check that the file was mined from the same data (else it fails), and
+the fingerprint covers the source's fingerprint and the mined file's sha256. ``pipeline`` sources get their mined
+negatives through :attr:`SourceContext.pipeline_pairs` (the ``mine`` stage's ``pairs``).
 
 Example:
     >>> get_path({"positives": {"docs": ["d0", "d1"]}}, "positives.docs.1")
@@ -25,7 +33,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,8 +51,25 @@ from st_workflow.config.training import (
 from st_workflow.hashing import sha256_file, sha256_tree, stable_hash
 from st_workflow.resources import resolve_path
 
+if TYPE_CHECKING:
+    from st_workflow.leakage import BenchmarkGuard
+
 TEXT_COLUMNS = ("anchor", "positive", "negative")
 _BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class MinedFile:
+    """A source's rows with mined hard negatives (a Parquet of the ``mine`` stage, role ``source:<name>``)."""
+
+    path: Path
+    """Parquet with string columns ``anchor``, ``positive``, ``negative``."""
+    sha256: str
+    """Its sha256 (from the mine manifest)."""
+    source_fingerprint: str
+    """Fingerprint of the source's reader when it was mined (checked against the source as it is now)."""
+    max_rows: int | None = None
+    """The source's ``max_rows`` when it was mined (already applied: the mined file is not capped again)."""
 
 
 @dataclass
@@ -57,6 +82,8 @@ class SourceContext:
     """Its sha256 (from the manifest), so the fingerprint needs no re-hash."""
     hf_cache_dir: Path | None = None
     """``datasets`` cache directory."""
+    mined: dict[str, MinedFile] = field(default_factory=dict)
+    """Source name -> its mined file; such a source is read from that file (see the module docstring)."""
 
 
 @dataclass
@@ -68,6 +95,8 @@ class SourceReader:
     columns: list[str]
     batches: Callable[[], Iterator[dict[str, list[Any]]]]
     details: dict[str, Any] = field(default_factory=dict)
+    mined: bool = False
+    """True when the rows come from a mined file (``max_rows`` was applied before mining)."""
 
 
 def get_path(row: dict[str, Any], path: str) -> Any:
@@ -317,12 +346,39 @@ READERS: dict[str, Callable[[TrainSource, SourceContext], SourceReader]] = {
 
 
 def open_source(src: TrainSource, ctx: SourceContext) -> SourceReader:
-    """The reader for one configured source.
+    """The reader for one configured source (its mined file when ``ctx.mined`` has one, see the module docstring).
 
     Raises:
-        ValueError: naming the source when its data cannot be found or lacks a mapped column.
+        ValueError: naming the source when its data cannot be found or lacks a mapped column, or when its mined
+            file was mined from other data or another ``max_rows`` (re-run the ``mine`` stage).
     """
-    return READERS[src.data.kind](src, ctx)
+    reader = READERS[src.data.kind](src, ctx)
+    mined = ctx.mined.get(src.name) if src.data.kind != "pipeline" else None
+    if mined is None:
+        return reader
+    if mined.source_fingerprint != reader.fingerprint or mined.max_rows != src.max_rows:
+        raise ValueError(
+            f"training source {src.name!r}: its mined negatives ({mined.path}) were mined from other data "
+            f"(fingerprint {mined.source_fingerprint[:12]}, max_rows {mined.max_rows}) than the source has now "
+            f"(fingerprint {reader.fingerprint[:12]}, max_rows {src.max_rows}); re-run the mine stage"
+        )
+    return mined_reader(src.name, mined, reader)
+
+
+def mined_reader(name: str, mined: MinedFile, original: SourceReader) -> SourceReader:
+    """A reader over a mined file standing in for ``original``; fingerprint: the source's plus the file's sha256."""
+    pf = pq.ParquetFile(mined.path)
+    mapping = {c: c for c in TEXT_COLUMNS}
+    _check_columns(name, pf.schema_arrow.names, mapping, str(mined.path))
+    fp = stable_hash({"kind": "mined", "source": original.fingerprint, "file": mined.sha256})
+    return SourceReader(
+        name,
+        fp,
+        list(TEXT_COLUMNS),
+        lambda: _table_batches(pf.iter_batches(batch_size=_BATCH, columns=list(TEXT_COLUMNS)), mapping),
+        {"mined_file": str(mined.path), "mined_from": original.details},
+        mined=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- cleaning
@@ -347,11 +403,15 @@ def _clean(value: Any) -> str | None:
     return value
 
 
-def materialize(reader: SourceReader, path: Path, max_rows: int | None = None) -> SourceCounts:
+def materialize(
+    reader: SourceReader, path: Path, max_rows: int | None = None, guard: BenchmarkGuard | None = None
+) -> SourceCounts:
     """Write the reader's rows, cleaned, to an Arrow stream file at ``path``; returns the counts.
 
-    Dropped rows are counted by reason (``missing <column>``, ``duplicate``); the first few are listed with their
-    row number so a bad source can be inspected.
+    Dropped rows are counted by reason (``missing <column>``, ``duplicate``, and with a ``guard`` ``leaked:<bench
+    mark>`` for a row whose anchor, positive or negative leaks into that benchmark, see
+    :meth:`~st_workflow.leakage.BenchmarkGuard.check`); the first few are listed with their row number so a bad
+    source can be inspected.
     """
     counts = SourceCounts()
     schema = pa.schema([pa.field(c, pa.string(), nullable=False) for c in reader.columns])
@@ -375,6 +435,12 @@ def materialize(reader: SourceReader, path: Path, max_rows: int | None = None) -
                     counts.drop("duplicate", counts.read - 1)
                     continue
                 seen.add(key)
+                if guard is not None:
+                    texts = dict(zip(reader.columns, row, strict=True))
+                    leak = guard.check(texts.get("anchor"), texts.get("positive"), texts.get("negative"))
+                    if leak is not None:
+                        counts.drop(f"leaked:{leak.benchmark}", counts.read - 1)
+                        continue
                 for c, v in zip(reader.columns, row, strict=True):
                     out[c].append(v)  # type: ignore[arg-type]
                 counts.kept += 1

@@ -56,15 +56,24 @@ def train_key(
             "launch": {"timeout_s", "kill_grace_s", "extra_args"},
             "checkpoints": {"resume_from"},
             "hub": True,
+            "interpolation": True,
             "dataloader_num_workers": True,
             "logging_steps": True,
             "trace_batches": True,
         },
     )
     wandb = cfg.wandb.model_dump(mode="json", exclude={"api_key", "dir"})
+    import torch
+
+    from st_workflow.training.worker import resolve_precision
+
+    t = cfg.training
+    use_cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
     return stable_hash(
         {
             "stage": STAGE,
+            # auto means different autocasts on different hardware: the resolved one is part of the key.
+            "precision": resolve_precision(t.precision, use_cuda),
             "seed": cfg.seed,
             "run_name": cfg.run_name,
             "training": training,
@@ -143,18 +152,6 @@ def _source_specs(cfg: PipelineConfig, pretok_manifest: Manifest) -> list[Source
             )
         )
     return specs
-
-
-def push_to_hub(cfg: PipelineConfig, model_dir: Path) -> str:
-    """Upload the final model directory to ``training.hub.repo_id``; returns the repository URL."""
-    from huggingface_hub import HfApi
-
-    hub = cfg.training.hub
-    token = hub.token.resolve()
-    api = HfApi(token=token.get_secret_value() if token else None)
-    url = api.create_repo(hub.repo_id, private=hub.private, exist_ok=True, repo_type="model")
-    api.upload_folder(folder_path=str(model_dir), repo_id=hub.repo_id, repo_type="model")
-    return str(url)
 
 
 def train_stage(
@@ -272,8 +269,6 @@ def train_stage(
     if t.trace_batches and trace_dir.is_dir():
         files["trace"] = "trace"
     metrics = {k: v for k, v in result.items() if k != "log_history"}
-    if t.hub.push:
-        metrics["hub_url"] = push_to_hub(cfg, out / "model")
     manifest = Manifest.build(
         stage=STAGE,
         directory=out,

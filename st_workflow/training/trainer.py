@@ -36,6 +36,8 @@ class PipelineTrainer(SentenceTransformerTrainer):
         trace_dir: when set, every trained batch's ``(step, source, rows)`` is appended to ``rank<r>.jsonl`` there.
         card_datasets: text datasets (same source names) that the model card describes; the training datasets
             may hold token ids, which the card's statistics and widget examples cannot read.
+        inference_max_seq_length: the ``max_seq_length`` saved checkpoints carry (the base model's own), while
+            training truncates at the shorter training length.
     """
 
     def __init__(
@@ -46,9 +48,11 @@ class PipelineTrainer(SentenceTransformerTrainer):
         scheduler_cfg: SchedulerConfig,
         trace_dir: Path | None = None,
         card_datasets: Any = None,
+        inference_max_seq_length: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.card_datasets = card_datasets
+        self.inference_max_seq_length = inference_max_seq_length
         self.source_indexes = source_indexes
         self.sampler_cfg = sampler_cfg
         self.scheduler_cfg = scheduler_cfg
@@ -66,6 +70,16 @@ class PipelineTrainer(SentenceTransformerTrainer):
             super().add_model_card_callback(default_args_dict)
         finally:
             self.train_dataset = real
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        """Checkpoints keep the model's inference length (training truncates shorter), like the final model."""
+        trained, keep = self.model.max_seq_length, self.inference_max_seq_length
+        if keep:
+            self.model.max_seq_length = keep
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.model.max_seq_length = trained
 
     def get_multi_dataset_batch_sampler(
         self,
@@ -86,6 +100,7 @@ class PipelineTrainer(SentenceTransformerTrainer):
             group_by_length=s.group_by_length,
             length_window=s.length_window,
             seed=self.args.seed if seed is None else seed,
+            replay_share=s.replay_share,
         )
         return self.batch_sampler_
 

@@ -67,6 +67,25 @@ def _dist_env() -> tuple[int, int, int]:
     )
 
 
+def resolve_precision(choice: str, use_cuda: bool) -> str:
+    """What ``training.precision`` means on this device: ``fp32``, ``bf16`` or ``fp16`` autocast.
+
+    ``auto`` is bf16 on GPUs that support it (else fp16) and on CPUs with native bf16 units (``avx512_bf16``,
+    ``amx_bf16``: about 2x the fp32 step rate there), fp32 on other CPUs. fp16 on a CPU falls back to fp32.
+    """
+    import torch
+
+    from st_workflow.models.dtype import cpu_has_fast_bf16
+
+    if use_cuda:
+        if choice == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return choice
+    if choice == "auto":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32" if choice == "fp16" else choice
+
+
 def _evaluators(job: TrainJob, cfg: Any) -> list[Any]:
     """In-training retrieval evaluators (``training.evaluation``), built on ``st_workflow.evaluation``."""
     ev = cfg.training.evaluation
@@ -80,10 +99,18 @@ def _evaluators(job: TrainJob, cfg: Any) -> list[Any]:
         raise ValueError(
             f"training.evaluation.benchmarks: {missing} not handed to the train stage; have {sorted(job.eval_benchmarks)}"
         )
+
+    def split_of(d: str) -> str:
+        return ev.split if (Path(d) / "qrels" / f"{ev.split}.tsv").is_file() else "test"
+
     return [
         BenchmarkIREvaluator(
             load_local(
-                job.eval_benchmarks[n], name=n, split=ev.split, max_queries=ev.max_queries, seed=cfg.seed
+                job.eval_benchmarks[n],
+                name=n,
+                split=split_of(job.eval_benchmarks[n]),
+                max_queries=ev.max_queries,
+                seed=cfg.seed,
             ),
             ks=list(ev.ks),
             name=n,
@@ -106,7 +133,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
     from st_workflow.training import card, tracking
     from st_workflow.training.binarization import BetaAnnealCallback, add_binarization
     from st_workflow.training.collator import OnTheFlyCollator, PreTokenizedCollator
-    from st_workflow.training.losses import build_loss, loss_name
+    from st_workflow.training.losses import DistillationLoss, build_loss, load_teacher, loss_name
     from st_workflow.training.samplers import SourceIndex, batches_per_epoch
     from st_workflow.training.trainer import PipelineTrainer, ProgressCallback
 
@@ -124,16 +151,16 @@ def run(job: TrainJob) -> dict[str, Any] | None:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     device = f"cuda:{local_rank}" if use_cuda else "cpu"
-    precision = t.precision
-    if not use_cuda:
-        precision = "fp32"
-    elif precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    precision = resolve_precision(t.precision, use_cuda)
     backend = t.launch.backend if t.launch.backend != "auto" else ("nccl" if use_cuda else "gloo")
     transformers.set_seed(cfg.seed)
 
     # fp32 master weights whatever dtype the checkpoint was saved in (the original trained bf16 weights).
     model = SentenceTransformer(job.model_path, device=device, model_kwargs={"dtype": torch.float32})
+    # Training truncates at training.max_seq_length (cheaper); the saved model keeps the base model's own length,
+    # so it reads as much of a document at inference as the base model did (and evaluations compare like for
+    # like: MTEB encodes with the model's max_seq_length).
+    inference_max_length = model.max_seq_length
     model.max_seq_length = t.max_seq_length
     if t.binarization.enabled:
         b = t.binarization
@@ -154,7 +181,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         if text_file.is_file():
             texts = Dataset.from_file(str(text_file))
             card_datasets[s.name] = texts.select(range(min(len(texts), 1000)))
-    indexes = [SourceIndex.load(s.directory, s.name, s.weight) for s in job.sources]
+    indexes = [SourceIndex.load(s.directory, s.name, s.weight, s.replay) for s in job.sources]
     info0 = json.loads((Path(job.sources[0].directory) / "info.json").read_text(encoding="utf-8"))
     if all(s.mode == "tokens" for s in job.sources):
         collator: Any = PreTokenizedCollator(
@@ -172,6 +199,14 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         )
         for s in job.sources
     }
+    if t.distillation.weight > 0:
+        teacher = load_teacher(
+            t.distillation.teacher or job.model_path, device=device, cache_dir=str(cfg.cache_path)
+        )
+        teacher.max_seq_length = t.max_seq_length
+        losses = {
+            name: DistillationLoss(loss, teacher, t.distillation.weight) for name, loss in losses.items()
+        }
 
     evaluators = _evaluators(job, cfg)
     report_to: Any = ["wandb"] if job.wandb_mode != "disabled" else "none"
@@ -239,6 +274,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         scheduler_cfg=t.scheduler,
         trace_dir=Path(job.trace_dir) if job.trace_dir else None,
         card_datasets=card_datasets if len(card_datasets) == len(job.sources) else None,
+        inference_max_seq_length=inference_max_length,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -261,6 +297,8 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         t.sampler.strategy,
         t.batch_size * world,
         t.sampler.temperature,
+        replay=[i.replay for i in indexes],
+        replay_share=t.sampler.replay_share,
     )
     losses_logged = [h["loss"] for h in state.log_history if "loss" in h]
     result: dict[str, Any] = {
@@ -315,12 +353,18 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         "replay share of batches": f"{result['replay_share']:.1%}",
         "seed": cfg.seed,
         "binarization": t.binarization.estimator if t.binarization.enabled else "off",
+        "distillation": f"weight {t.distillation.weight:g} towards {t.distillation.teacher or 'the base model'}"
+        if t.distillation.weight > 0
+        else "off",
+        "replay share": t.sampler.replay_share if t.sampler.replay_share is not None else "by strategy",
     }
     metrics = {
         k: result[k]
         for k in ("final_loss", "train_loss", "samples_per_second", "global_step", "train_seconds")
     }
     wandb_dir = Path(job.wandb_dir) if job.wandb_dir else None
+    if inference_max_length:
+        model.max_seq_length = inference_max_length
     with atomic.atomic_dir(job.model_dir) as tmp:
         model.save(str(tmp))
         atomic.write_json(tmp / "lineage.json", job.lineage)

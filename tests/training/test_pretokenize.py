@@ -3,15 +3,20 @@ tokenizes, and padded per batch by a collator that feeds the trainer what its ow
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from _train_helpers import tiny_config
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
+from st_workflow.beir import write_benchmark
+from st_workflow.config.evaluation import BenchmarkSpec
+from st_workflow.leakage import LeakageError, LeakageTarget, leakage_targets
 from st_workflow.manifest import Manifest
 from st_workflow.training.collator import PreTokenizedCollator
 from st_workflow.training.pretokenize import pretokenize_stage, read_sources, text_hashes
@@ -131,3 +136,149 @@ def test_max_pairs_subsamples_sources_in_proportion(
     assert recs["arxiv"]["subsampled_from"] == 80 and recs["arxiv"]["rows"] == 30
     rows = np.asarray(Dataset.from_file(str(Path(recs["pds"]["directory"]) / "data.arrow"))["row"])
     assert rows.tolist() == list(range(30))
+
+
+# ---------------------------------------------------------------------------------------------- leakage guard
+def _bench(directory: Path, rows: list[dict], judged: int) -> Path:
+    """A BEIR benchmark of real texts: a query and a document per row, the first ``judged`` queries answered by
+    their document in ``test``; the other documents are unjudged."""
+    write_benchmark(
+        directory,
+        [(f"d{i}", "", r["positive"]) for i, r in enumerate(rows)],
+        [(f"q{i}", r["anchor"]) for i, r in enumerate(rows[:judged])],
+        {"test": [(f"q{i}", f"d{i}", 1) for i in range(judged)]},
+    )
+    return directory
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_guard_drops_leaking_rows_of_local_and_beir_sources_per_benchmark(
+    pairs_manifest: Manifest, pair_rows: list[dict], tmp_path: Path, test_cache_dir: Path
+) -> None:
+    a = _bench(tmp_path / "bench-a", pair_rows[100:106], judged=3)  # d3..d5 unjudged
+    b = _bench(tmp_path / "bench-b", pair_rows[110:112], judged=2)
+    r = pair_rows
+    local_rows = [
+        *({"anchor": x["anchor"], "positive": x["positive"], "negative": r[20]["positive"]} for x in r[:5]),
+        {
+            "anchor": r[100]["anchor"].upper() + " ",
+            "positive": r[6]["positive"],
+            "negative": r[21]["positive"],
+        },
+        {"anchor": r[7]["anchor"], "positive": r[101]["positive"], "negative": r[22]["positive"]},
+        {
+            "anchor": r[8]["anchor"],
+            "positive": r[104]["positive"],
+            "negative": r[23]["positive"],
+        },  # unjudged: ok
+        {"anchor": r[9]["anchor"], "positive": r[10]["positive"], "negative": r[110]["anchor"]},  # a query
+    ]
+    negative = {"anchor": "anchor", "positive": "positive", "negative": "negative"}
+    beir_rows = [*r[30:34], r[111]]  # the last query is one of bench-b's
+    write_benchmark(
+        tmp_path / "train-beir",
+        [(f"t{i}", "", x["positive"]) for i, x in enumerate(beir_rows)],
+        [(f"tq{i}", x["anchor"]) for i, x in enumerate(beir_rows)],
+        {"train": [(f"tq{i}", f"t{i}", 1) for i in range(len(beir_rows))]},
+    )
+    cfg = tiny_config(
+        tmp_path,
+        test_cache_dir,
+        run_name="guard",
+        pretokenize=False,
+        sources=[
+            {"name": "pipeline"},
+            {
+                "name": "local",
+                "data": {
+                    "kind": "local",
+                    "path": _jsonl(tmp_path / "l.jsonl", local_rows),
+                    "columns": negative,
+                },
+            },
+            {"name": "bt", "data": {"kind": "beir", "path": str(tmp_path / "train-beir")}},
+        ],
+    )
+    targets = [LeakageTarget("bench-a", str(a)).as_dict(), LeakageTarget("bench-b", str(b)).as_dict()]
+    m = pretokenize_stage(cfg, pairs_manifest, guard_targets=targets)
+    recs = {x["name"]: x for x in read_sources(m)}
+    assert (
+        recs["local"]["dropped"] == {"leaked:bench-a": 2, "leaked:bench-b": 1} and recs["local"]["rows"] == 6
+    )
+    assert recs["bt"]["dropped"] == {"leaked:bench-b": 1} and recs["bt"]["rows"] == 4
+    assert recs["local"]["guarded"] == recs["bt"]["guarded"] == ["bench-a", "bench-b"]
+    kept = Dataset.from_file(str(Path(recs["local"]["directory"]) / "data.arrow"))["anchor"]
+    assert r[8]["anchor"] in kept and r[7]["anchor"] not in kept
+    assert m.counts["leaked:local:bench-a"] == 2 and m.counts["leaked:bt:bench-b"] == 1
+    assert m.counts["dropped:local"] == 3 and m.metrics["guarded"]["sources"] == ["local", "bt"]
+    # The pipeline pairs were guarded by the pairs stage: not checked again (they hold both benchmarks here).
+    assert recs["pipeline"]["dropped"] == {} and recs["pipeline"]["rows"] == len(pair_rows)
+    assert recs["pipeline"]["guarded"] is None
+
+    # The guard is part of the keys: without it (or with every benchmark at leakage: none) nothing is dropped.
+    plain = {x["name"]: x for x in read_sources(pretokenize_stage(cfg, pairs_manifest))}
+    assert plain["local"]["rows"] == 9 and plain["local"]["directory"] != recs["local"]["directory"]
+    assert plain["pipeline"]["directory"] == recs["pipeline"]["directory"]
+    off = [{**t, "mode": "none"} for t in targets]
+    assert read_sources(pretokenize_stage(cfg, pairs_manifest, guard_targets=off)) == list(plain.values())
+    queries_only = [{**t, "mode": "queries"} for t in targets]
+    q = {
+        x["name"]: x for x in read_sources(pretokenize_stage(cfg, pairs_manifest, guard_targets=queries_only))
+    }
+    assert q["local"]["dropped"] == {"leaked:bench-a": 1, "leaked:bench-b": 1}
+
+
+def test_guard_that_drops_every_row_names_source_benchmark_and_option(
+    pair_rows: list[dict], tmp_path: Path, test_cache_dir: Path
+) -> None:
+    a = _bench(tmp_path / "bench-a", pair_rows[100:104], judged=2)
+    rows = [
+        {"anchor": pair_rows[100]["anchor"], "positive": pair_rows[0]["positive"]},
+        {"anchor": pair_rows[1]["anchor"], "positive": pair_rows[101]["positive"]},
+    ]
+    cfg = tiny_config(
+        tmp_path,
+        test_cache_dir,
+        run_name="all",
+        pretokenize=False,
+        sources=[{"name": "all-leak", "data": {"kind": "local", "path": _jsonl(tmp_path / "x.jsonl", rows)}}],
+    )
+    with pytest.raises(LeakageError) as e:
+        pretokenize_stage(cfg, None, guard_targets=[LeakageTarget("bench-a", str(a)).as_dict()])
+    msg = str(e.value)
+    assert "training source 'all-leak'" in msg and "benchmark 'bench-a' (leakage: answers) dropped 2" in msg
+    assert "evaluation.benchmarks[bench-a].leakage" in msg
+
+
+def test_benchmark_train_split_used_as_training_data_is_not_flagged(
+    pair_rows: list[dict], tmp_path: Path, test_cache_dir: Path
+) -> None:
+    d = tmp_path / "shared"
+    write_benchmark(
+        d,
+        [(f"d{i}", "", x["positive"]) for i, x in enumerate(pair_rows[:6])],
+        [(f"q{i}", x["anchor"]) for i, x in enumerate(pair_rows[:6])],
+        {
+            "train": [(f"q{i}", f"d{i}", 1) for i in range(3)],
+            "test": [(f"q{i}", f"d{i}", 1) for i in range(3, 6)],
+        },
+    )
+    cfg = tiny_config(
+        tmp_path,
+        test_cache_dir,
+        run_name="split",
+        pretokenize=False,
+        sources=[{"name": "shared-train", "data": {"kind": "beir", "path": str(d), "split": "train"}}],
+    )
+    cfg.evaluation.benchmarks = [BenchmarkSpec(name="shared", kind="local", path=str(d), split="test")]
+    targets = [t.as_dict() for t in leakage_targets(cfg, None)]  # what flows.common.guarded_benchmarks passes
+    assert targets[0]["qrels"] == ["test"]
+    (rec,) = read_sources(pretokenize_stage(cfg, None, guard_targets=targets))
+    assert rec["rows"] == 3 and rec["dropped"] == {} and rec["guarded"] == ["shared"]
+    # Guarding every qrels file instead makes the train split answers: all of it leaks.
+    with pytest.raises(LeakageError, match="training source 'shared-train'"):
+        pretokenize_stage(cfg, None, guard_targets=[LeakageTarget("shared", str(d)).as_dict()])

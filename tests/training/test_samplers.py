@@ -157,3 +157,28 @@ def test_skipping_batches_replays_the_uninterrupted_order() -> None:
     full = list(fresh())
     assert list(SkipBatchSampler(fresh(), skip_batches=13)) == full[13:]
     assert len(full) == len(fresh())
+
+
+def test_replay_sources_take_the_configured_share_of_every_epoch() -> None:
+    main, replay = make_index("domain", 640, seed=1), make_index("replay", 96, seed=2)
+    replay.replay = True
+    # 20 domain batches of 32; a share of 0.2 adds 5 replay batches (one in five), repeating the small source.
+    assert batches_per_epoch(
+        [640, 96], [1, 1], "proportional", 32, replay=[False, True], replay_share=0.2
+    ) == [20, 5]
+    assert batches_per_epoch([640, 96], [1, 1], "proportional", 32, replay=[False, True]) == [
+        20,
+        3,
+    ]  # a label only
+    plan = build_plan(
+        [main, replay], batch_size=32, seed=0, epoch=0, strategy="proportional", replay_share=0.2
+    )
+    by_source = Counter(s for s, _ in plan)
+    assert by_source == {0: 20, 1: 5} and by_source[1] / len(plan) == pytest.approx(0.2)
+    for _, batch in plan:
+        assert len(batch) == 32 and len(set(batch)) == 32  # replay passes are fresh, duplicate-free batches
+    ds = ConcatDataset([_Rows(640), _Rows(96)])
+    sampler = MultiSourceBatchSampler(
+        ds, [main, replay], batch_size=32, strategy="proportional", replay_share=0.5, seed=0
+    )
+    assert len(sampler) == 40 and sum(1 for b in sampler if b[0] >= 640) == 20

@@ -11,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset
 
-from st_workflow.beir import doc_text, read_corpus, read_qrels, read_queries
+from st_workflow.beir import doc_text, read_corpus, read_qrels, read_queries, write_benchmark
 from st_workflow.config.training import TrainSource
+from st_workflow.hashing import sha256_file
+from st_workflow.leakage import BenchmarkGuard, LeakageTarget
 from st_workflow.manifest import Manifest
-from st_workflow.training.sources import SourceContext, materialize, open_source
+from st_workflow.training.sources import MinedFile, SourceContext, materialize, open_source
 
 
 def _read(src: dict, tmp_path: Path, ctx: SourceContext | None = None) -> tuple[Dataset, object]:
@@ -168,3 +170,55 @@ def test_beir_train_qrels_become_query_document_pairs(scifact_dir: Path, tmp_pat
     qid = sorted(qrels)[0]
     did = sorted(qrels[qid])[0]
     assert ds[0] == {"anchor": queries[qid], "positive": doc_text(corpus[did])}
+
+
+def test_a_mined_file_stands_in_for_its_source_only_while_it_matches(tmp_path: Path) -> None:
+    src_file = tmp_path / "pairs.jsonl"
+    src_file.write_text('{"anchor": "sea ice", "positive": "Frozen ocean water."}\n')
+    source = TrainSource.model_validate({"name": "l", "data": {"kind": "local", "path": str(src_file)}})
+    original = open_source(source, SourceContext())
+    mined_path = tmp_path / "mined.parquet"
+    mined_rows = {
+        "anchor": ["sea ice"],
+        "positive": ["Frozen ocean water."],
+        "negative": ["Ozone absorbs UV."],
+    }
+    pq.write_table(pa.table(mined_rows), mined_path)
+    mined = MinedFile(mined_path, sha256_file(mined_path), original.fingerprint)
+    reader = open_source(source, SourceContext(mined={"l": mined}))
+    assert reader.mined and reader.columns == ["anchor", "positive", "negative"]
+    assert reader.fingerprint not in (original.fingerprint, mined.sha256)
+    counts = materialize(reader, tmp_path / "m.arrow")
+    assert counts.kept == 1 and Dataset.from_file(str(tmp_path / "m.arrow"))[0] == {
+        k: v[0] for k, v in mined_rows.items()
+    }
+    other = MinedFile(mined_path, "0" * 64, original.fingerprint)  # another mined file: another fingerprint
+    assert open_source(source, SourceContext(mined={"l": other})).fingerprint != reader.fingerprint
+    src_file.write_text('{"anchor": "ozone", "positive": "UV shield."}\n')  # the source changed since mining
+    with pytest.raises(ValueError, match="training source 'l': its mined negatives .* re-run the mine stage"):
+        open_source(source, SourceContext(mined={"l": mined}))
+
+
+def test_materialize_with_a_guard_counts_leaks_per_benchmark(tmp_path: Path) -> None:
+    bench = tmp_path / "bench"
+    write_benchmark(
+        bench,
+        [
+            ("d1", "", "Dust storms on Mars grow in summer."),
+            ("d2", "", "Comet tails point away from the Sun."),
+        ],
+        [("q1", "When do Mars dust storms grow?")],
+        {"test": [("q1", "d1", 1)]},
+    )
+    rows = [
+        {"anchor": "when do MARS dust storms grow?", "positive": "Seasonal storms."},  # the query
+        {"anchor": "Martian weather", "positive": "Dust storms on Mars grow in summer."},  # its answer
+        {"anchor": "Cometary physics", "positive": "Comet tails point away from the Sun."},  # unjudged: fine
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = TrainSource.model_validate({"name": "l", "data": {"kind": "local", "path": str(path)}})
+    guard = BenchmarkGuard([LeakageTarget("mars", str(bench))])
+    counts = materialize(open_source(source, SourceContext()), tmp_path / "g.arrow", guard=guard)
+    assert counts.kept == 1 and counts.dropped == {"leaked:mars": 2}
+    assert Dataset.from_file(str(tmp_path / "g.arrow"))["anchor"] == ["Cometary physics"]
