@@ -1,9 +1,13 @@
 """The run report: ``<run>/report.md``, ``<run>/summary.json`` and a PNG chart.
 
-The report is what a user opens after ``make demo``: the base vs fine-tuned comparison on every benchmark, what each
-stage did (ran or reused, seconds, counts) and where every artifact is. ``summary.json`` is the machine-readable core:
+The report is what a user opens after ``make demo``. It leads with the trade-off the paper's table showed: every
+candidate (fine-tuned model, checkpoints, interpolations) against the base model on the in-domain benchmark and on
+each general benchmark, test splits, with deltas, a chart, and the promoted model starred; then the validation
+numbers promotion decided on, the promotion's reasons, what each stage did (ran or reused, seconds, counts) and where
+every artifact is. ``summary.json`` is the machine-readable core:
 
-    {"wall_seconds": 412.3, "models": {"base": {"in-domain": {"ndcg@10": 0.61, ...}}, "fine_tuned": {...}}, ...}
+    {"wall_seconds": 412.3, "models": {"base": {"in-domain": {"ndcg@10": 0.61, ...}}, "fine_tuned": {...}},
+     "tradeoff": {"metric": "ndcg@10", "columns": [...], "rows": [...]}, "promoted": {...}, ...}
 """
 
 from __future__ import annotations
@@ -66,58 +70,126 @@ def metrics_table(
     return "\n".join(rows)
 
 
-def delta_table(metrics: dict[str, dict[str, dict[str, float]]], primary: list[str], a: str, b: str) -> str:
-    """Markdown table of ``b - a`` per benchmark and metric (e.g. fine-tuned minus base)."""
-    if a not in metrics or b not in metrics:
-        return ""
-    rows = ["| Benchmark | " + " | ".join(f"Δ {k}" for k in primary) + " |", "|---|" + "---:|" * len(primary)]
-    for bench in sorted(set(metrics[a]) & set(metrics[b])):
-        cells = []
-        for k in primary:
-            va, vb = metrics[a][bench].get(k), metrics[b][bench].get(k)
-            cells.append(
-                f"{vb - va:+.4f}" if isinstance(va, int | float) and isinstance(vb, int | float) else ""
-            )
-        rows.append(f"| {bench} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def plot_metrics(
+def tradeoff(
+    cfg: PipelineConfig,
     metrics: dict[str, dict[str, dict[str, float]]],
-    primary: list[str],
-    path: Path,
-    models: list[str] | None = None,
-) -> Path | None:
-    """Grouped bar chart (metric x benchmark groups, one bar per model) saved as PNG."""
-    import matplotlib
+    models: list[str],
+    *,
+    split: str = "test",
+    base: str = "base",
+) -> dict[str, Any]:
+    """Every model against ``base`` on each benchmark and the general mean, at the promotion metric.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``split`` ``test`` reads the headline keys, ``validation`` the ``validation/`` ones. Returns ``{"metric",
+    "split", "columns": [{"name", "general"}], "rows": [{"model", "values": {col: v}, "deltas": {col: d}}]}``;
+    the general mean column (``general mean``) is there when there are general benchmarks.
 
-    models = [m for m in (models or list(metrics)) if m in metrics]
-    groups = sorted({(b, k) for m in models for b in metrics[m] for k in primary if k in metrics[m][b]})
-    if not models or not groups:
-        return None
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2), 4.0), dpi=110)
-    for i, model in enumerate(models):
-        xs = [g + i * width for g in range(len(groups))]
-        ys = [metrics[model].get(b, {}).get(k, 0.0) for b, k in groups]
-        bars = ax.bar(xs, ys, width=width, label=model)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
-    ax.set_xticks([g + width * (len(models) - 1) / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{k}\n{b}" for b, k in groups], fontsize=8)
-    ax.set_ylim(
-        0, min(1.05, max(0.1, max(metrics[m].get(b, {}).get(k, 0) for m in models for b, k in groups) * 1.2))
+    Example:
+        >>> from st_workflow.config import PipelineConfig
+        >>> cfg = PipelineConfig.model_validate({"evaluation": {"benchmarks": [
+        ...     {"name": "in-domain", "kind": "pipeline"}, {"name": "cisi", "general": True, "path": "x"}]}})
+        >>> m = {"base": {"in-domain": {"ndcg@10": 0.5}, "cisi": {"ndcg@10": 0.4}},
+        ...      "ft": {"in-domain": {"ndcg@10": 0.6}, "cisi": {"ndcg@10": 0.38}}}
+        >>> t = tradeoff(cfg, m, ["base", "ft"])
+        >>> [c["name"] for c in t["columns"]], round(t["rows"][1]["deltas"]["cisi"], 2)
+        (['in-domain', 'cisi', 'general mean'], -0.02)
+    """
+    metric = cfg.evaluation.promotion.metric
+    key = metric if split == "test" else f"validation/{metric}"
+    general = {b.name for b in cfg.evaluation.benchmarks if b.general}
+    seen = {b for m in models for b, vals in metrics.get(m, {}).items() if key in vals}
+    order = [b.name for b in cfg.evaluation.benchmarks if b.name in seen] + sorted(
+        seen - {b.name for b in cfg.evaluation.benchmarks}
     )
-    ax.set_ylabel("score")
-    ax.set_title("Retrieval quality by model")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    benches = [b for b in order if b not in general] + [b for b in order if b in general]
+    gen = [b for b in benches if b in general]
+    columns = [{"name": b, "general": b in general} for b in benches]
+    if gen:
+        columns.append({"name": "general mean", "general": True})
+    rows = []
+    for m in models:
+        per = metrics.get(m, {})
+        values: dict[str, float] = {b: per[b][key] for b in benches if key in per.get(b, {})}
+        if gen and all(b in values for b in gen):
+            values["general mean"] = sum(values[b] for b in gen) / len(gen)
+        if values:
+            rows.append({"model": m, "values": values})
+    base_vals = next((r["values"] for r in rows if r["model"] == base), {})
+    for r in rows:
+        r["deltas"] = {c: v - base_vals[c] for c, v in r["values"].items() if c in base_vals}
+    return {"metric": metric, "split": split, "columns": columns, "rows": rows}
+
+
+def tradeoff_markdown(table: dict[str, Any], promoted: str | None = None, base: str = "base") -> str:
+    """The trade-off table in markdown: value and delta against the base per cell, the promoted model starred."""
+    cols = table["columns"]
+    if not table["rows"] or not cols:
+        return ""
+    head = (
+        "| Model | "
+        + " | ".join(
+            c["name"] + (" (general)" if c["general"] and c["name"] != "general mean" else "") for c in cols
+        )
+        + " |"
+    )
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for r in table["rows"]:
+        cells = []
+        for c in cols:
+            v = r["values"].get(c["name"])
+            d = r["deltas"].get(c["name"])
+            if v is None:
+                cells.append("–")
+            elif r["model"] == base or d is None:
+                cells.append(f"{v:.4f}")
+            else:
+                cells.append(f"{v:.4f} ({d:+.4f})")
+        name = f"**{r['model']}** ★" if r["model"] == promoted else r["model"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(
+    table: dict[str, Any], path: Path, promoted: str | None = None, base: str = "base"
+) -> Path | None:
+    """Two panels: the metric per benchmark (one bar per model) and each model's change against the base."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = [c["name"] for c in table["columns"]]
+    rows = table["rows"]
+    if not rows or not cols:
+        return None
+    fig = Figure(figsize=(max(8.0, 1.9 * len(cols) + 4), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    width = 0.8 / len(rows)
+    for panel, (part, title) in enumerate(
+        (("values", f"{table['metric']} ({table['split']})"), ("deltas", f"change vs {base}"))
+    ):
+        ax = fig.add_subplot(1, 2, panel + 1)
+        for i, r in enumerate(rows):
+            if part == "deltas" and r["model"] == base:
+                continue
+            xs = [g + i * width for g in range(len(cols))]
+            ys = [r[part].get(c, 0.0) for c in cols]
+            label = f"{r['model']} ★" if r["model"] == promoted else r["model"]
+            bars = ax.bar(
+                xs, ys, width=width, label=label, edgecolor="black" if r["model"] == promoted else None
+            )
+            if len(rows) <= 6:
+                ax.bar_label(bars, fmt="%+.3f" if part == "deltas" else "%.3f", fontsize=6, padding=1)
+        ax.set_xticks([g + width * (len(rows) - 1) / 2 for g in range(len(cols))])
+        ax.set_xticklabels(cols, fontsize=8)
+        if part == "deltas":
+            ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        if panel == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle("Base vs candidates: in-domain gain against general forgetting")
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path
 
 
@@ -143,16 +215,22 @@ def write_run_report(
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     primary = cfg.evaluation.primary_metrics
-    order = [m for m in ("base", "fine_tuned") if m in metrics] + [
-        m for m in metrics if m not in ("base", "fine_tuned")
-    ]
-    chart = plot_metrics(metrics, primary, run_dir / "report_metrics.png", models=order)
+    from st_workflow.evaluation.report import order_models
+
+    baselines = {b.name for b in cfg.evaluation.baselines}
+    order = order_models(list(metrics), baselines)
+    promoted_name = (promotion or {}).get("promoted")
+    test_table = tradeoff(cfg, metrics, order)
+    val_table = tradeoff(cfg, metrics, order, split="validation")
+    chart = plot_tradeoff(test_table, run_dir / "report_metrics.png", promoted=promoted_name)
 
     summary = {
         "run_name": cfg.run_name,
         "wall_seconds": round(wall_seconds, 2),
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "models": {m: metrics[m] for m in order},
+        "tradeoff": test_table,
+        "tradeoff_validation": val_table,
         "stages": [asdict(s) for s in stages],
         "reused_stages": sum(s.status == "reused" for s in stages),
         "promoted": promotion,
@@ -169,24 +247,36 @@ def write_run_report(
         f"Generated {summary['generated_at']} · wall time **{wall_seconds:.1f} s** · stages ran {ran}, "
         f"reused {reused} · base model `{cfg.training.base_model}`",
         "",
-        "## Retrieval quality",
-        "",
-        metrics_table(metrics, primary, order) if metrics else "_No evaluation results._",
+        "## Retrieval quality: in-domain gain vs general forgetting (test splits)",
         "",
     ]
-    delta = delta_table(metrics, primary, "base", "fine_tuned")
-    if delta:
-        lines += ["Fine-tuned minus base:", "", delta, ""]
+    table_md = tradeoff_markdown(test_table, promoted_name)
+    if table_md:
+        lines += [
+            f"{test_table['metric']} on each benchmark's test split, change against the base model in "
+            "parentheses; ★ is the promoted model.",
+            "",
+            table_md,
+            "",
+        ]
+    else:
+        lines += ["_No evaluation results._", ""]
     if chart:
         lines += [f"![metrics]({chart.name})", ""]
+    val_md = tradeoff_markdown(val_table, promoted_name)
+    if val_md:
+        lines += ["### Validation splits (what promotion decided on)", "", val_md, ""]
     if promotion:
         lines += [
             "## Promotion",
             "",
-            f"Promoted: **{promotion.get('promoted')}** (`{promotion.get('path')}`)",
+            f"Promoted: **{promotion.get('promoted')}** (`{promotion.get('path')}`)"
+            + (f", linked at `{promotion['link']}`" if promotion.get("link") else ""),
             "",
         ]
         lines += [f"- {r}" for r in promotion.get("reasons", [])] + [""]
+    if metrics:
+        lines += ["## All metrics (test splits)", "", metrics_table(metrics, primary, order), ""]
     lines += ["## Stages", "", _stage_rows(stages), ""]
     links = {"summary": "summary.json", **(extra_links or {})}
     lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]

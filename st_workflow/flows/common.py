@@ -68,8 +68,11 @@ class StageClock:
         return [asdict(r) for r in self.records]
 
 
-def candidate_models(cfg: PipelineConfig, trained: Manifest | None) -> dict[str, str]:
-    """Models to evaluate: the base, every checkpoint of the run, the fine-tuned model, then the baselines."""
+def candidate_models(
+    cfg: PipelineConfig, trained: Manifest | None, interpolated: Manifest | None = None
+) -> dict[str, str]:
+    """Models to evaluate: the base, every checkpoint of the run, the fine-tuned model, its interpolations with
+    the base, then the baselines."""
     models: dict[str, str] = {}
     if cfg.evaluation.evaluate_base or trained is None:
         models["base"] = cfg.training.base_model
@@ -83,22 +86,18 @@ def candidate_models(cfg: PipelineConfig, trained: Manifest | None) -> dict[str,
                 if (c / "modules.json").is_file():
                     models[c.name] = str(c)
         models["fine_tuned"] = str(trained.path("model"))
+    if interpolated is not None:
+        models.update(interpolated.metrics.get("models", {}))
     for b in cfg.evaluation.baselines:
         models[b.name] = b.model
     return models
 
 
-def benchmark_dirs(cfg: PipelineConfig, holdout: Manifest | None) -> list[str]:
-    """BEIR directories whose texts must never appear in training pairs (built hold-out + local benchmarks)."""
-    from st_workflow.resources import resolve_path
+def guarded_benchmarks(cfg: PipelineConfig, holdout: Manifest | None) -> list[dict[str, str]]:
+    """The benchmarks training pairs must not leak into (built hold-out + local benchmarks), as plain dicts."""
+    from st_workflow.leakage import leakage_targets
 
-    dirs = [holdout.directory] if holdout is not None else []
-    for b in cfg.evaluation.benchmarks:
-        if b.kind == "local" and b.path:
-            p = resolve_path(b.path)
-            if (p / "corpus.jsonl").is_file():
-                dirs.append(str(p))
-    return dirs
+    return [t.as_dict() for t in leakage_targets(cfg, holdout)]
 
 
 def flat_metrics(evaluation: Manifest | None) -> dict[str, dict[str, dict[str, float]]]:

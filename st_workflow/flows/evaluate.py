@@ -19,7 +19,8 @@ def evaluate_flow(
     """Evaluate ``models`` (name -> id or path; default: the run's base, checkpoints, fine-tuned and baselines)."""
     cfg = load_flow_config(config_path, overrides)
     trained = existing_manifest(cfg.stage_dir("train"))
-    models = models or candidate_models(cfg, trained)
+    interpolated = existing_manifest(cfg.stage_dir("interpolate"))
+    models = models or candidate_models(cfg, trained, interpolated)
     benchmarks = {}
     if cfg.pairs.holdout.enabled:
         built = existing_manifest(cfg.stage_dir("benchmark") / cfg.pairs.holdout.name)

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, unmapped
 
 from st_workflow.config import PipelineConfig
-from st_workflow.flows.common import StageClock, benchmark_dirs, load_flow_config
+from st_workflow.flows.common import StageClock, guarded_benchmarks, load_flow_config
 from st_workflow.log import get_logger
 from st_workflow.manifest import Manifest
 from st_workflow.tasks.data import (
@@ -50,7 +50,7 @@ def ingest_fanout(cfg: PipelineConfig) -> list[Manifest]:
 
 
 @flow(name="llm-fanout")
-def llm_fanout(cfg: PipelineConfig, docs: list[Manifest], leak_dirs: list[str]) -> list[Manifest]:
+def llm_fanout(cfg: PipelineConfig, docs: list[Manifest], leak_dirs: list[dict[str, str]]) -> list[Manifest]:
     """Filter -> generate -> gates once per source, the sources in parallel (on Dask workers when configured).
 
     With fan-out, ``generation.pairs.max_documents`` applies per source.
@@ -81,7 +81,7 @@ def stage2_data_flow(
     fanout = ingest_fanout.with_options(task_runner=runner) if runner is not None else ingest_fanout
     docs = clock.run("ingest", fanout, cfg)
     holdout = clock.run("benchmark", holdout_task, cfg, docs)
-    leak_dirs = benchmark_dirs(cfg, holdout)
+    leak_dirs = guarded_benchmarks(cfg, holdout)
     natural = clock.run("pairs-natural", natural_pairs_task, cfg, docs, holdout)
 
     from st_workflow.stage2_generation import llm_configured, llm_skip_reason

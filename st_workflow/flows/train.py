@@ -1,4 +1,4 @@
-"""``train``: pre-tokenize -> train -> evaluate checkpoints -> report -> promote (+ the run report)."""
+"""``train``: mine negatives -> pre-tokenize -> train -> interpolate -> evaluate -> report -> promote -> push."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from st_workflow.flows.common import (
     candidate_models,
     existing_manifest,
     flat_metrics,
+    guarded_benchmarks,
     load_flow_config,
     require_manifest,
 )
@@ -18,8 +19,11 @@ from st_workflow.manifest import Manifest
 from st_workflow.tasks.model import (
     comparison_report_task,
     evaluate_task,
+    interpolate_task,
+    mine_task,
     pretokenize_task,
     promote_task,
+    push_task,
     run_report_task,
     train_task,
 )
@@ -34,7 +38,8 @@ def train_flow(
     prior_stages: list[dict[str, Any]] | None = None,
     started_at: float | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune on the run's pairs dataset, evaluate base / checkpoints / fine-tuned, report and promote.
+    """Fine-tune on the run's pairs dataset (with mined hard negatives), make interpolations with the base,
+    evaluate them all with the base and the checkpoints, report, promote (``<run>/promoted``) and push.
 
     ``pairs`` and ``benchmark`` come from the ``stage2-data`` flow when the ``pipeline`` flow calls this one; a
     deployment run reads them from the run directory instead.
@@ -49,22 +54,30 @@ def train_flow(
     if benchmark is None and cfg.pairs.holdout.enabled:
         benchmark = existing_manifest(cfg.stage_dir("benchmark") / cfg.pairs.holdout.name)
 
-    trained = None
+    trained = interpolated = None
     if cfg.training.enabled:
-        pretok = clock.run("pretokenize", pretokenize_task, cfg, pairs) if cfg.training.pretokenize else None
+        mined = clock.run("mine", mine_task, cfg, pairs) if cfg.mining.enabled else None
+        guard = guarded_benchmarks(cfg, benchmark)
+        # Always: with training.pretokenize off the stage writes text entries (still mined and guarded).
+        pretok = clock.run("pretokenize", pretokenize_task, cfg, pairs, mined, guard)
         trained = clock.run("train", train_task, cfg, pairs, pretok, benchmark)
+        if cfg.training.interpolation.enabled and cfg.training.interpolation.ratios:
+            interpolated = clock.run("interpolate", interpolate_task, cfg, trained)
     else:
         clock.skipped("train", "training.enabled is false")
 
-    models = candidate_models(cfg, trained)
+    models = candidate_models(cfg, trained, interpolated)
     benchmarks = {benchmark.name: benchmark} if benchmark is not None else {}
     evaluation = decision = None
     links: dict[str, str] = {}
     if cfg.evaluation.enabled:
         evaluation = clock.run("eval", evaluate_task, cfg, models, benchmarks, trained)
-        links.update(comparison_report_task(cfg, evaluation, list(models)))
         baselines = {b.name for b in cfg.evaluation.baselines}
         decision = promote_task(cfg, evaluation, {k: v for k, v in models.items() if k not in baselines})
+        links.update(comparison_report_task(cfg, evaluation, list(models)))
+        links["promoted"] = decision["link"]
+        if cfg.training.hub.push:
+            links["hub"] = push_task(cfg, decision)
     else:
         clock.skipped("eval", "evaluation.enabled is false")
     if trained is not None:

@@ -38,14 +38,39 @@ def publish_markdown(key: str, markdown: str, description: str = "") -> None:
 
 
 def publish_link(key: str, path: str | Path, text: str, description: str = "") -> None:
-    """A link artifact pointing at a local file (``file://`` URL)."""
+    """A link artifact pointing at a local file (``file://`` URL) or at a web URL."""
     if not _in_run():
         return
     from prefect.artifacts import create_link_artifact
 
-    create_link_artifact(
-        key=artifact_key(key), link=Path(path).resolve().as_uri(), link_text=text, description=description
-    )
+    link = str(path) if str(path).startswith(("http://", "https://")) else Path(path).absolute().as_uri()
+    create_link_artifact(key=artifact_key(key), link=link, link_text=text, description=description)
+
+
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def inline_images(markdown: str, base_dir: str | Path) -> str:
+    """Replace relative ``![alt](file.png)`` links by data URIs of the files under ``base_dir``.
+
+    The Prefect UI renders an artifact's markdown on its own page, where a link relative to the run directory
+    points nowhere; embedded, the chart shows inline. Links to files that do not exist are left as they are.
+
+    Example:
+        >>> inline_images("![chart](missing.png) text", "/nonexistent")
+        '![chart](missing.png) text'
+    """
+
+    def sub(m: re.Match[str]) -> str:
+        target = m.group(2)
+        if "://" in target or target.startswith("data:"):
+            return m.group(0)
+        p = Path(base_dir) / target
+        if not p.is_file():
+            return m.group(0)
+        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})"
+
+    return _IMAGE_LINK.sub(sub, markdown)
 
 
 def publish_image(key: str, png: str | Path, description: str = "") -> None:

@@ -41,7 +41,9 @@ def ingest_task(cfg: PipelineConfig, source_name: str) -> Manifest:
 
 @task(
     name="holdout-benchmark",
-    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("ingest", "beir")),
+    cache_policy=ManifestCachePolicy(
+        sections=("pairs", "generation"), code=("ingest", "beir", "near_duplicates")
+    ),
     persist_result=True,
 )
 def holdout_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest | None:
@@ -59,7 +61,9 @@ def holdout_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest
 
 @task(
     name="natural-pairs",
-    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("ingest", "leakage", "beir", "schemas")),
+    cache_policy=ManifestCachePolicy(
+        sections=("pairs", "evaluation"), code=("ingest", "leakage", "near_duplicates", "beir", "schemas")
+    ),
     persist_result=True,
 )
 def natural_pairs_task(
@@ -132,7 +136,7 @@ def pair_gates_task(
     cfg: PipelineConfig,
     generated: Manifest,
     doc_manifests: list[Manifest],
-    benchmark_dirs: list[str],
+    benchmark_dirs: list[dict[str, str]],
     filter_manifest: Manifest | None = None,
     shard: str | None = None,
 ) -> Manifest:
@@ -144,7 +148,7 @@ def pair_gates_task(
         cfg,
         generated,
         doc_manifests,
-        [Path(d) for d in benchmark_dirs],
+        benchmark_dirs,
         filter_manifest=filter_manifest,
         out_dir=_shard_dir(cfg, STAGE_GATES, shard),
     )
@@ -152,17 +156,17 @@ def pair_gates_task(
 
 @task(
     name="assemble-pairs",
-    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("pairset", "leakage")),
+    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("pairset", "leakage", "near_duplicates")),
     persist_result=True,
 )
 def assemble_pairs_task(
-    cfg: PipelineConfig, pair_manifests: list[Manifest | None], benchmark_dirs: list[str]
+    cfg: PipelineConfig, pair_manifests: list[Manifest | None], benchmark_dirs: list[dict[str, str]]
 ) -> Manifest:
     """One de-duplicated, leakage-checked pairs dataset for training."""
     from st_workflow.pairset import assemble_pairs
 
     get_logger().info(banner("pairs dataset"))
-    m = assemble_pairs(cfg, [p for p in pair_manifests if p is not None], [Path(d) for d in benchmark_dirs])
+    m = assemble_pairs(cfg, [p for p in pair_manifests if p is not None], benchmark_dirs)
     publish_table(
         "pairs-dataset",
         [{"count": k, "value": v} for k, v in m.counts.items()],

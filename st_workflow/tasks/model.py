@@ -12,21 +12,66 @@ from prefect.cache_policies import NO_CACHE
 from st_workflow.config import PipelineConfig
 from st_workflow.log import banner, get_logger
 from st_workflow.manifest import Manifest
-from st_workflow.tasks.artifacts import publish_image, publish_link, publish_markdown, publish_table
+from st_workflow.tasks.artifacts import (
+    inline_images,
+    publish_image,
+    publish_link,
+    publish_markdown,
+    publish_table,
+)
 from st_workflow.tasks.caching import ManifestCachePolicy, transient_error
 
 
 @task(
     name="pretokenize",
-    cache_policy=ManifestCachePolicy(sections=("training",), code=("training",)),
+    cache_policy=ManifestCachePolicy(
+        sections=("training", "pairs"), code=("training", "leakage", "near_duplicates")
+    ),
     persist_result=True,
 )
-def pretokenize_task(cfg: PipelineConfig, pairs: Manifest) -> Manifest:
-    """Tokenize the pairs once into the shared Arrow cache."""
+def pretokenize_task(
+    cfg: PipelineConfig,
+    pairs: Manifest | None,
+    mined: Manifest | None = None,
+    guard_targets: list[dict[str, Any]] | None = None,
+) -> Manifest:
+    """Tokenize every training source once into the shared Arrow cache (mined versions where mined), dropping
+    rows of non-pipeline sources that leak into ``guard_targets``."""
     from st_workflow.training import pretokenize_stage
 
     get_logger().info(banner("pre-tokenize"))
-    return pretokenize_stage(cfg, pairs)
+    return pretokenize_stage(cfg, pairs, mined=mined, guard_targets=guard_targets)
+
+
+@task(
+    name="mine-negatives",
+    cache_policy=ManifestCachePolicy(sections=("mining", "training"), code=("training",)),
+    persist_result=True,
+)
+def mine_task(cfg: PipelineConfig, pairs: Manifest | None) -> Manifest:
+    """A hard negative for every training pair (the pipeline pairs and the sources ``mining.sources`` names),
+    mined by the base (or configured) model."""
+    from st_workflow.training import mine_stage
+
+    get_logger().info(banner(f"mine hard negatives ({cfg.mining.model or cfg.training.base_model})"))
+    m = mine_stage(cfg, pairs)
+    publish_table(
+        "mined-negatives", [{"count": k, "value": v} for k, v in m.counts.items()], "Hard negatives"
+    )
+    return m
+
+
+@task(
+    name="interpolate",
+    cache_policy=ManifestCachePolicy(sections=("training",), code=("training",)),
+    persist_result=True,
+)
+def interpolate_task(cfg: PipelineConfig, trained: Manifest) -> Manifest | None:
+    """Weight-space ensembles of the base and the fine-tuned model (promotion candidates)."""
+    from st_workflow.training.interpolate import interpolate_stage
+
+    get_logger().info(banner(f"interpolate base and fine-tuned at {cfg.training.interpolation.ratios}"))
+    return interpolate_stage(cfg, trained)
 
 
 @task(
@@ -121,22 +166,43 @@ def comparison_report_task(
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_task(cfg: PipelineConfig, evaluation: Manifest, candidates: dict[str, str]) -> dict[str, Any]:
-    """Apply the promotion policy and say why."""
+    """Apply the promotion policy, point ``<run>/promoted`` at the winner and say why."""
     from st_workflow.evaluation import promote
+    from st_workflow.evaluation.promotion import publish_promoted
 
-    get_logger().info(banner(f"promote ({cfg.evaluation.promotion.policy})"))
+    log = get_logger()
+    log.info(banner(f"promote ({cfg.evaluation.promotion.policy})"))
     decision = promote(cfg, evaluation, candidates)
+    link = publish_promoted(cfg, decision)
+    decision["link"] = str(link)
+    log.info("promoted %s -> %s", decision["promoted"], link)
+    for r in decision.get("reasons", []):
+        log.info("  %s", r)
     reasons = "\n".join(f"- {r}" for r in decision.get("reasons", []))
     publish_markdown(
         "promotion",
-        f"**Promoted:** `{decision.get('promoted')}`\n\n`{decision.get('path')}`\n\n{reasons}",
+        f"**Promoted:** `{decision.get('promoted')}`\n\n`{link}` → `{decision.get('path')}`\n\n{reasons}",
         "Promoted model and the policy's reasons",
     )
-    if decision.get("path"):
-        publish_link(
-            "promoted-model", decision["path"], str(decision.get("promoted")), "Promoted model directory"
-        )
+    publish_link("promoted-model", link, str(decision.get("promoted")), "Promoted model directory")
     return decision
+
+
+@task(
+    name="push-to-hub",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[30, 120, 600],
+    retry_condition_fn=transient_error,
+)
+def push_task(cfg: PipelineConfig, promoted: dict[str, Any]) -> str:
+    """Upload the promoted model (``<run>/promoted``) to ``training.hub.repo_id``; only the upload is retried."""
+    from st_workflow.training.hub import push_model
+
+    get_logger().info(banner(f"push {promoted['promoted']} to {cfg.training.hub.repo_id}"))
+    url = push_model(cfg, Path(promoted.get("link") or promoted["path"]))
+    publish_link("hub-model", url, cfg.training.hub.repo_id or url, "Promoted model on the Hugging Face Hub")
+    return url
 
 
 @task(name="run-report", cache_policy=NO_CACHE)
@@ -157,7 +223,9 @@ def run_report_task(
         cfg, metrics=metrics, stages=records, wall_seconds=wall, promotion=promotion, extra_links=links
     )
     publish_markdown(
-        "run-report", paths["report"].read_text(encoding="utf-8"), f"Report of run {cfg.run_name}"
+        "run-report",
+        inline_images(paths["report"].read_text(encoding="utf-8"), paths["report"].parent),
+        f"Report of run {cfg.run_name}",
     )
     publish_table(
         "run-stages",

@@ -115,3 +115,49 @@ def test_run_report_files_and_summary_shape(tmp_path: Path) -> None:
     assert "| fine_tuned | in-domain | 0.6000 | 0.5000 | 0.8000 |" in md
     assert "+0.1000" in md and "report_metrics.png" in md and "no endpoint" in md
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_report_shows_the_tradeoff_and_its_chart_inline_in_the_artifact(tmp_path: Path) -> None:
+    from st_workflow.tasks.artifacts import inline_images
+
+    cfg = load_config(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "run_name=demo",
+            "evaluation.benchmarks=[{name: in-domain, kind: pipeline}, {name: cisi, path: x, general: true}]",
+        ],
+    )
+    metrics = {
+        "base": {
+            "in-domain": {"ndcg@10": 0.50, "validation/ndcg@10": 0.45},
+            "cisi": {"ndcg@10": 0.40, "validation/ndcg@10": 0.42},
+        },
+        "fine_tuned": {
+            "in-domain": {"ndcg@10": 0.60, "validation/ndcg@10": 0.55},
+            "cisi": {"ndcg@10": 0.37, "validation/ndcg@10": 0.38},
+        },
+        "interp-0.50": {
+            "in-domain": {"ndcg@10": 0.56, "validation/ndcg@10": 0.52},
+            "cisi": {"ndcg@10": 0.40, "validation/ndcg@10": 0.415},
+        },
+    }
+    paths = write_run_report(
+        cfg,
+        metrics=metrics,
+        stages=[],
+        wall_seconds=1.0,
+        promotion={"promoted": "interp-0.50", "path": "/x", "reasons": ["floor"], "link": "/run/promoted"},
+    )
+    md = paths["report"].read_text()
+    assert "| Model | in-domain | cisi (general) | general mean |" in md
+    assert "| **interp-0.50** ★ | 0.5600 (+0.0600) | 0.4000 (+0.0000) | 0.4000 (+0.0000) |" in md
+    assert "| fine_tuned | 0.6000 (+0.1000) | 0.3700 (-0.0300) | 0.3700 (-0.0300) |" in md
+    assert "### Validation splits" in md and "| fine_tuned | 0.5500 (+0.1000) | 0.3800 (-0.0400)" in md
+    summary = json.loads(paths["summary"].read_text())
+    assert [r["model"] for r in summary["tradeoff"]["rows"]] == ["base", "fine_tuned", "interp-0.50"]
+    # report.md links the chart relatively (it renders from disk); the artifact embeds it, because the Prefect
+    # UI shows an artifact on its own page where a relative link points nowhere.
+    assert "![metrics](report_metrics.png)" in md
+    inline = inline_images(md, paths["report"].parent)
+    assert "![metrics](data:image/png;base64,iVBORw0KGgo" in inline and "report_metrics.png)" not in inline
