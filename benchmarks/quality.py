@@ -3,9 +3,10 @@
 Three experiments, each a real ``st-workflow run`` (the `pipeline` flow on Prefect's ephemeral API, real MiniLM,
 CPU) whose recipe choices were made on validation splits; the numbers reported here are the test splits':
 
-* ``demo``: ``configs/demo.yaml`` as ``make demo`` runs it. In-domain test Δ and each general benchmark's Δ (CISI,
-  MED, and SciFact when ``../shared/benchmarks/scifact`` exists — SciFact is measured but left out of the
-  promotion decision, an external check nobody tuned on), for the fine-tuned model and for the promoted one.
+* ``demo``: ``configs/demo.yaml`` exactly as ``make demo`` runs it (its wall time is the demo's first-run time
+  after installation). In-domain test Δ and each general benchmark's Δ (CISI, MED), for the fine-tuned model and
+  for the promoted one; then SciFact (when ``../shared/benchmarks/scifact`` exists), all 300 test queries, as an
+  external check nobody chose anything on.
 * ``new-corpus``: SciFact's 5,183 abstracts as the user's local source, natural pairs (title -> abstract) only, no
   LLM, the demo's recipe; SciFact's own benchmark registered over the very corpus one trains on (its train queries
   are the validation split, its 300 test queries the headline). Δ of the final and of the promoted model.
@@ -60,30 +61,35 @@ GENERAL = [
 ]
 
 
-def _scifact_general(scifact: Path | None) -> list[dict[str, Any]]:
-    if scifact is None:
-        return []
-    return [
-        {
-            "name": "scifact",
-            "kind": "local",
-            "path": str(scifact),
-            "general": True,
-            "validation_fraction": 0.5,
-        }
+def demo_config() -> dict[str, Any]:
+    """``configs/demo.yaml`` exactly as ``make demo`` runs it."""
+    return {"extends": str(REPO / "configs" / "demo.yaml"), "run_name": "demo"}
+
+
+def external_check(
+    work: Path, run: str, benchmark: Path, env: dict[str, str], models: dict[str, str]
+) -> dict[str, float]:
+    """NDCG@10 of ``models`` on a benchmark nobody chose anything on (all its test queries), via the CLI."""
+    out = work / f"{run}-{benchmark.name}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "st_workflow.cli",
+        "evaluate",
+        "-b",
+        str(benchmark),
+        "--ks",
+        "10",
+        "-o",
+        str(out),
     ]
-
-
-def demo_config(scifact: Path | None) -> dict[str, Any]:
-    """The demo exactly, plus SciFact as a measured-only general benchmark."""
-    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    benches = [b for b in demo["evaluation"]["benchmarks"]] + _scifact_general(scifact)
-    promo = {"benchmarks": [b["name"] for b in demo["evaluation"]["benchmarks"]]}
-    return {
-        "extends": str(REPO / "configs" / "demo.yaml"),
-        "run_name": "demo",
-        "evaluation": {"benchmarks": benches, "promotion": promo},
-    }
+    cmd += ["--cache-dir", str(work / "cache")]
+    for m in models.values():
+        cmd += ["-m", m]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    per = json.loads(out.read_text())["benchmarks"][benchmark.name]["models"]
+    by_path = {v["model"]: v["metrics"]["ndcg@10"] for v in per.values()}
+    return {name: by_path[path] for name, path in models.items()}
 
 
 def new_corpus_config(scifact: Path) -> dict[str, Any]:
@@ -239,13 +245,15 @@ def digest(summary: dict[str, Any], wall: float, metric: str = "ndcg@10") -> dic
 def goals(name: str, d: dict[str, Any]) -> dict[str, Any]:
     """The issue's goals for one experiment, met or not (on test numbers)."""
     fin, pro = d.get("delta_final") or {}, d.get("delta_promoted") or {}
-    general = [g for g in d["general"] if g != "scifact"] or d["general"]
     if name == "demo":
+        gen = [pro.get(g, 0) for g in d["general"]] + [
+            v["delta_promoted"] for v in d.get("external", {}).values()
+        ]
         return {
             "promoted in-domain >= base + 0.02": pro.get("in-domain", 0) >= 0.02,
-            "promoted general mean >= -0.005": sum(pro.get(g, 0) for g in general) / max(1, len(general))
+            "promoted general mean >= -0.005 (CISI, MED, external SciFact)": sum(gen) / max(1, len(gen))
             >= -0.005,
-            "promoted each general >= -0.01": all(pro.get(g, 0) >= -0.01 for g in d["general"]),
+            "promoted each general >= -0.01": all(g >= -0.01 for g in gen),
         }
     if name == "new-corpus":
         return {
@@ -289,7 +297,7 @@ def main() -> int:
         "PYTHONUNBUFFERED": "1",
     }
     configs = {
-        "demo": lambda: demo_config(scifact),
+        "demo": demo_config,
         "new-corpus": lambda: new_corpus_config(scifact),  # type: ignore[arg-type]
         "supervised": lambda: supervised_config(
             prepare_supervised(scifact, work / "data" / "scifact-supervised")
@@ -300,6 +308,24 @@ def main() -> int:
         print(f"== {name}", flush=True)
         summary, wall = run(configs[name](), work, args.overrides, env)
         d = digest(summary, wall)
+        if name == "demo" and scifact is not None:
+            run_dir = work / "runs" / "demo"
+            base_model = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["training"][
+                "base_model"
+            ]
+            models = {"base": base_model}
+            models |= {
+                "fine_tuned": str(run_dir / "train" / "model"),
+                "promoted": str((run_dir / "promoted").resolve()),
+            }
+            ext = external_check(work, "demo", scifact, env, models)
+            d["external"] = {
+                "scifact": {
+                    "ndcg@10": ext,
+                    "delta_final": round(ext["fine_tuned"] - ext["base"], 4),
+                    "delta_promoted": round(ext["promoted"] - ext["base"], 4),
+                }
+            }
         d["goals"] = goals(name, d)
         results[name] = d
         print(
@@ -307,11 +333,16 @@ def main() -> int:
                 {k: d[k] for k in ("promoted", "delta_final", "delta_promoted", "goals", "wall_s")}, indent=2
             )
         )
+    # --only runs one experiment: the others' last results stay in the file, each with its own command line.
+    previous = (
+        json.loads(Path(args.out).read_text()).get("experiments", {}) if Path(args.out).is_file() else {}
+    )
+    for d in results.values():
+        d["command"] = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+        d["overrides"] = args.overrides
     report = {
         "benchmark": "quality",
-        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
-        "overrides": args.overrides,
-        "experiments": results,
+        "experiments": {**previous, **results},
         "machine": machine(
             note="2-core shared machine; all numbers are test splits, choices were made on validation"
         ),

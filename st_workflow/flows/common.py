@@ -93,7 +93,7 @@ def candidate_models(
     return models
 
 
-def guarded_benchmarks(cfg: PipelineConfig, holdout: Manifest | None) -> list[dict[str, str]]:
+def guarded_benchmarks(cfg: PipelineConfig, holdout: Manifest | None) -> list[dict[str, Any]]:
     """The benchmarks training pairs must not leak into (built hold-out + local benchmarks), as plain dicts."""
     from st_workflow.leakage import leakage_targets
 

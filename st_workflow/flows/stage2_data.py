@@ -50,7 +50,7 @@ def ingest_fanout(cfg: PipelineConfig) -> list[Manifest]:
 
 
 @flow(name="llm-fanout")
-def llm_fanout(cfg: PipelineConfig, docs: list[Manifest], leak_dirs: list[dict[str, str]]) -> list[Manifest]:
+def llm_fanout(cfg: PipelineConfig, docs: list[Manifest], leak_dirs: list[dict[str, Any]]) -> list[Manifest]:
     """Filter -> generate -> gates once per source, the sources in parallel (on Dask workers when configured).
 
     With fan-out, ``generation.pairs.max_documents`` applies per source.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -136,7 +137,7 @@ def pair_gates_task(
     cfg: PipelineConfig,
     generated: Manifest,
     doc_manifests: list[Manifest],
-    benchmark_dirs: list[dict[str, str]],
+    benchmark_dirs: list[dict[str, Any]],
     filter_manifest: Manifest | None = None,
     shard: str | None = None,
 ) -> Manifest:
@@ -160,7 +161,7 @@ def pair_gates_task(
     persist_result=True,
 )
 def assemble_pairs_task(
-    cfg: PipelineConfig, pair_manifests: list[Manifest | None], benchmark_dirs: list[dict[str, str]]
+    cfg: PipelineConfig, pair_manifests: list[Manifest | None], benchmark_dirs: list[dict[str, Any]]
 ) -> Manifest:
     """One de-duplicated, leakage-checked pairs dataset for training."""
     from st_workflow.pairset import assemble_pairs

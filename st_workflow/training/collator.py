@@ -45,6 +45,9 @@ class PreTokenizedCollator:
     padding_side: str = "right"
     pad_to_multiple_of: int | None = None
     valid_label_columns: list[str] = field(default_factory=list)
+    teacher: dict[str, Any] | None = None
+    """Per source, a ``(rows, columns, dim)`` array of teacher embeddings: emitted as ``label`` for the batch's
+    rows (the distillation term's targets, precomputed instead of a teacher forward per step)."""
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max((len(s) for s in seqs), default=0)
@@ -82,7 +85,10 @@ class PreTokenizedCollator:
             batch[f"{col}_attention_mask"] = mask
             batch[f"{col}_modality"] = "text"
         if ROW_KEY in first:
-            batch[ROW_INDEX] = torch.tensor([f[ROW_KEY] for f in features], dtype=torch.long)
+            rows = [f[ROW_KEY] for f in features]
+            batch[ROW_INDEX] = torch.tensor(rows, dtype=torch.long)
+            if self.teacher is not None and first.get("dataset_name") in self.teacher:
+                batch["label"] = torch.from_numpy(self.teacher[first["dataset_name"]][rows]).float()
         return batch
 
 

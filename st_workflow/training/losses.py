@@ -70,7 +70,9 @@ class DistillationLoss(nn.Module):
     The teacher (by default the frozen base model) embeds the same token ids under ``torch.no_grad``; the term
     pulls the fine-tuned embeddings back towards what the base model computed for the same texts, the embedding
     space the general benchmarks were good in, while MNRL moves them towards the new domain. The teacher is kept
-    out of the module tree, so its weights are neither trained nor saved.
+    out of the module tree, so its weights are neither trained nor saved. When the batch carries ``labels`` of
+    shape ``(batch, columns, dim)`` (the teacher's embeddings, precomputed by the mining stage), they are the
+    targets and no teacher forward runs; ``teacher`` may then be ``None``.
     """
 
     def __init__(self, loss: nn.Module, teacher: Any, weight: float) -> None:
@@ -95,10 +97,15 @@ class DistillationLoss(nn.Module):
         features = list(sentence_features)
         inputs = [{k: v for k, v in f.items() if k not in _OUTPUT_KEYS} for f in features]
         embeddings = embed_columns(self.model, features)
-        contrastive = self.loss.compute_loss_from_embeddings(embeddings, labels)
-        teacher = self._teacher[0]
-        with torch.no_grad():
-            targets = [teacher(f)["sentence_embedding"] for f in inputs]
+        contrastive = self.loss.compute_loss_from_embeddings(embeddings, None)
+        if isinstance(labels, torch.Tensor) and labels.dim() == 3 and labels.shape[1] == len(embeddings):
+            targets = list(labels.unbind(1))
+        else:
+            teacher = self._teacher[0]
+            if teacher is None:
+                raise ValueError("DistillationLoss: no teacher model and no precomputed teacher embeddings")
+            with torch.no_grad():
+                targets = [teacher(f)["sentence_embedding"] for f in inputs]
         drift = torch.stack(
             [
                 (1 - torch.nn.functional.cosine_similarity(e, t.to(e.dtype), dim=-1)).mean()

@@ -230,11 +230,16 @@ class MinedRows:
     """Anchor-positive similarity of each mined output row."""
     negative_scores: list[float] = field(default_factory=list)
     """Anchor-negative similarity of each mined output row."""
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    """Every encoded text's embedding by its normalised form (fp16), when asked for."""
 
 
 @contextlib.contextmanager
-def _encoding_under(model: SentenceTransformer, dtype: str, device: str) -> Iterator[None]:
-    """Run ``model.encode`` (what ``encode_query``/``encode_document`` call) under autocast, and only that."""
+def _encoding_under(
+    model: SentenceTransformer, dtype: str, device: str, record: dict[str, np.ndarray] | None = None
+) -> Iterator[None]:
+    """Run ``model.encode`` (what ``encode_query``/``encode_document`` call) under autocast, and only that;
+    with ``record``, keep every text's embedding (fp16) there: the distillation term's teacher targets."""
     from st_workflow.models.dtype import autocast
 
     original = model.encode
@@ -242,7 +247,19 @@ def _encoding_under(model: SentenceTransformer, dtype: str, device: str) -> Iter
     @functools.wraps(original)
     def encode(*args: Any, **kwargs: Any) -> Any:
         with autocast(dtype, device):
-            return original(*args, **kwargs)
+            out = original(*args, **kwargs)
+        if record is not None:
+            texts = args[0] if args else kwargs.get("sentences", kwargs.get("inputs"))
+            if isinstance(texts, list | tuple) and all(isinstance(t, str) for t in texts):
+                arr = (
+                    out.detach().float().cpu().numpy()
+                    if hasattr(out, "detach")
+                    else np.asarray(out, np.float32)
+                )
+                if arr.ndim == 2 and len(arr) == len(texts):
+                    for t, e in zip(texts, arr, strict=True):
+                        record[t] = e.astype(np.float16)
+        return out
 
     model.encode = encode  # an instance attribute shadows the method for this call only
     try:
@@ -272,12 +289,14 @@ def mine_negatives(
     dtype: str = "float32",
     device: str = "cpu",
     corpus: Sequence[str] | None = None,
+    keep_embeddings: bool = False,
 ) -> MinedRows:
     """Negatives for every (anchor, positive) row with ``mine_hard_negatives``, plus the configured fallback.
 
     ``corpus``: candidate texts besides the positives (a collection); unset: the distinct positives only. Its
     texts are canonicalised like the positives (a collection text that normalises like a positive is that
-    positive, so it is masked for the anchors that own it).
+    positive, so it is masked for the anchors that own it). ``keep_embeddings``: also return every encoded
+    text's embedding (``MinedRows.embeddings``), which the distillation term reuses as its teacher's.
     """
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -297,7 +316,8 @@ def mine_negatives(
     dataset = Dataset.from_dict(
         {"anchor": [canon_a[a] for a, _ in keys], "positive": [candidates[p] for _, p in keys]}
     )
-    with _seeded_random(seed), _encoding_under(model, dtype, device):
+    record: dict[str, np.ndarray] | None = {} if keep_embeddings else None
+    with _seeded_random(seed), _encoding_under(model, dtype, device, record):
         triplets = mine_hard_negatives(
             dataset,
             model,
@@ -353,7 +373,37 @@ def mine_negatives(
             out.negatives.append(n)
         out.mined += len(mined)
         out.fallback += len(extra)
+    if record:
+        out.embeddings = {normalize_for_match(t): e for t, e in record.items()}
     return out
+
+
+TEACHER_DIR = "teacher"
+
+
+def write_teacher_store(directory: Path, texts: Sequence[str], embeddings: dict[str, np.ndarray]) -> int:
+    """Write ``hashes.npy`` (sorted int64 text hashes, as pre-tokenization hashes texts) and ``embeddings.npy``
+    (fp16, one row per hash) for every text of ``texts`` whose normalised form has an embedding; returns the count.
+    """
+    from st_workflow.training.pretokenize import text_hashes
+
+    uniq = sorted({t for t in texts if normalize_for_match(t) in embeddings})
+    hashes = text_hashes(uniq)
+    order = np.argsort(hashes, kind="stable")
+    dim = len(next(iter(embeddings.values()))) if embeddings else 0
+    emb = np.zeros((len(uniq), dim), dtype=np.float16)
+    for j, i in enumerate(order):
+        emb[j] = embeddings[normalize_for_match(uniq[i])]
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "hashes.npy", hashes[order])
+    np.save(directory / "embeddings.npy", emb)
+    return len(uniq)
+
+
+def load_teacher_store(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted hashes, embeddings)`` of a teacher store written by :func:`write_teacher_store`."""
+    d = Path(directory)
+    return np.load(d / "hashes.npy"), np.load(d / "embeddings.npy")
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -558,6 +608,12 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
             loaded.append(load_model(name, device=device, cache_dir=cfg.cache_path, max_seq_length=max_len))
         return loaded[0]
 
+    # The mining model's embeddings of every training text are the distillation teacher's targets when the
+    # teacher is that model at the same length without prompts: kept, they spare training a teacher forward.
+    keep = m.query_prompt is None and m.corpus_prompt is None
+    teacher_texts: list[str] = []
+    teacher_embeddings: dict[str, np.ndarray] = {}
+
     def mine(anchors: list[str], positives: list[str], corpus: list[str] | None, what: str) -> MinedRows:
         res = mine_negatives(
             anchors,
@@ -568,7 +624,10 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
             dtype=dtype,
             device=device,
             corpus=corpus,
+            keep_embeddings=keep,
         )
+        teacher_embeddings.update(res.embeddings)
+        res.embeddings = {}
         if res.rejected:
             log.warning(
                 "mine: discarded %d mined negatives of %s equal to a positive of their anchor",
@@ -621,6 +680,7 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
         with atomic.atomic_path(out_dir / OUTPUT) as tmp:
             pq.write_table(out, tmp)
         files["pairs"] = (OUTPUT, out.num_rows)
+        teacher_texts += [*anchors, *positives, *res.negatives]
         counts.update(
             {
                 "input": table.num_rows,
@@ -666,6 +726,7 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
         with atomic.atomic_path(out_dir / rel) as tmp:
             pq.write_table(out, tmp)
         files[source_role(src.name)] = (rel, out.num_rows)
+        teacher_texts += [*anchors, *positives, *res.negatives]
         unusable = sum(cleaning.dropped.values())
         for k, v in {
             "input": cleaning.read,
@@ -692,6 +753,11 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
                 "mine: training source %r maps a negative column; the mined negatives replace it", src.name
             )
     metrics["sources"] = records
+    if keep and teacher_embeddings:
+        with atomic.atomic_dir(out_dir / TEACHER_DIR) as tmp:
+            n_teacher = write_teacher_store(tmp, teacher_texts, teacher_embeddings)
+        files["teacher"] = (TEACHER_DIR, n_teacher)
+        metrics["teacher"] = {"model": name, "weights": weights, "max_seq_length": max_len, "dtype": dtype}
 
     manifest = Manifest.build(
         stage=STAGE,

@@ -562,6 +562,9 @@ def pretokenize_stage(
         "mean_length": {b.source.name: b.info["mean_length"] for b in built},
         "mode": "tokens" if cfg.training.pretokenize else "text",
     }
+    if mined is not None and "teacher" in mined.files:
+        # The mining model's embeddings of these texts: the distillation term's targets when it is the teacher.
+        metrics["teacher"] = {**mined.metrics.get("teacher", {}), "path": str(mined.path("teacher"))}
     if guard is not None:
         metrics["guarded"] = {
             "benchmarks": [{"name": t.name, "mode": t.mode, "qrels": list(t.qrels)} for t in guard.targets],

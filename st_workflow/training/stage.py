@@ -154,6 +154,24 @@ def _source_specs(cfg: PipelineConfig, pretok_manifest: Manifest) -> list[Source
     return specs
 
 
+def teacher_store(cfg: PipelineConfig, pretok_manifest: Manifest) -> str | None:
+    """The mining stage's embeddings, when they are what the distillation teacher would compute: the same model
+    weights at the training length. None otherwise (the teacher then runs online)."""
+    from st_workflow.evaluation.embeddings import model_hash
+    from st_workflow.models import resolve_model
+
+    t = cfg.training
+    info = pretok_manifest.metrics.get("teacher")
+    if t.distillation.weight <= 0 or not info or not Path(info.get("path", "")).is_dir():
+        return None
+    name = t.distillation.teacher or t.base_model
+    if info.get("max_seq_length") != t.max_seq_length:
+        return None
+    if info.get("weights") != model_hash(name, resolve_model(name, cfg.cache_path)):
+        return None
+    return str(info["path"])
+
+
 def train_stage(
     cfg: PipelineConfig,
     pairs_manifest: Manifest | None,
@@ -235,6 +253,7 @@ def train_stage(
         lineage=collect_lineage(upstream),
         eval_benchmarks={k: str(Path(v).resolve()) for k, v in (eval_benchmarks or {}).items()},
     )
+    job.teacher_store = teacher_store(cfg, pretok_manifest)
     job_file = atomic.write_text(out / "job.json", job.model_dump_json(indent=2))
     cmd = build_command(t.launch, job_file, run_name=cfg.run_name)
     env = launch_env(t.launch, tracking.wandb_env(cfg.wandb, mode, wandb_dir, run_id))

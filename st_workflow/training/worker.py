@@ -57,6 +57,8 @@ class TrainJob(BaseModel):
     wandb_dir: str = ""
     lineage: list[dict[str, Any]] = Field(default_factory=list)
     eval_benchmarks: dict[str, str] = Field(default_factory=dict)
+    teacher_store: str | None = None
+    """Directory of precomputed teacher embeddings (mining stage) for the distillation term, when compatible."""
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -84,6 +86,27 @@ def resolve_precision(choice: str, use_cuda: bool) -> str:
     if choice == "auto":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32" if choice == "fp16" else choice
+
+
+def teacher_targets(store: str | None, indexes: list[Any]) -> dict[str, Any] | None:
+    """Per source a ``(rows, columns, dim)`` fp16 array of the teacher's embeddings, looked up by text hash in the
+    mining stage's store; None when there is no store or it misses a text (the teacher then runs online)."""
+    if not store:
+        return None
+    import numpy as np
+
+    from st_workflow.training.mining import load_teacher_store
+
+    hashes, emb = load_teacher_store(store)
+    out: dict[str, Any] = {}
+    for idx in indexes:
+        h = np.asarray(idx.hashes)
+        pos = np.searchsorted(hashes, h)
+        pos = np.minimum(pos, len(hashes) - 1)
+        if not len(hashes) or not np.array_equal(hashes[pos], h):
+            return None
+        out[idx.name] = emb[pos]
+    return out
 
 
 def _evaluators(job: TrainJob, cfg: Any) -> list[Any]:
@@ -200,10 +223,23 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         for s in job.sources
     }
     if t.distillation.weight > 0:
-        teacher = load_teacher(
-            t.distillation.teacher or job.model_path, device=device, cache_dir=str(cfg.cache_path)
+        targets = (
+            teacher_targets(job.teacher_store, indexes)
+            if isinstance(collator, PreTokenizedCollator)
+            else None
         )
-        teacher.max_seq_length = t.max_seq_length
+        teacher = None
+        if targets is None:
+            teacher = load_teacher(
+                t.distillation.teacher or job.model_path, device=device, cache_dir=str(cfg.cache_path)
+            )
+            teacher.max_seq_length = t.max_seq_length
+        else:
+            collator.teacher = targets
+        say(
+            "distillation towards "
+            + ("the mining stage's embeddings of the base model" if targets else "the frozen teacher, online")
+        )
         losses = {
             name: DistillationLoss(loss, teacher, t.distillation.weight) for name, loss in losses.items()
         }

@@ -28,6 +28,9 @@ def test_pipeline_with_real_minilm(prefect_harness, tmp_path: Path, test_cache_d
         "ingest.sources.cmr.max_records=60",
         "ingest.sources.pds.max_records=60",
         "ingest.sources.arxiv.max_records=60",
+        # In-domain and one bundled general benchmark: the floor and the report's trade-off on the real model.
+        "evaluation.benchmarks=[{name: in-domain, kind: pipeline}, "
+        "{name: cisi, kind: local, path: 'pkg://benchmarks/cisi', general: true, validation_fraction: 0.5}]",
     ]
     pipeline_flow(str(REPO / "configs" / "tiny.yaml"), overrides)
     summary = json.loads((tmp_path / "minilm" / "summary.json").read_text())
@@ -38,3 +41,9 @@ def test_pipeline_with_real_minilm(prefect_harness, tmp_path: Path, test_cache_d
     assert tuned["ndcg@10"] > base["ndcg@10"] - 0.1
     card = (tmp_path / "minilm" / "train" / "model" / "README.md").read_text()
     assert "all-MiniLM-L6-v2" in card
+    # CISI as shipped: the base model's published-protocol score on its test half, and the promotion's floor.
+    cisi = summary["models"]["base"]["cisi"]
+    assert 0.30 < cisi["ndcg@10"] < 0.45 and 0.40 < cisi["validation/ndcg@10"] < 0.55
+    promotion = summary["promoted"]
+    assert promotion["general_benchmarks"] == ["cisi"] and promotion["chosen_on"]["cisi"] == "validation"
+    assert (tmp_path / "minilm" / "promoted" / "modules.json").is_file()

@@ -107,3 +107,40 @@ def test_distillation_adds_the_drift_from_the_frozen_teacher(tiny_model_path: Pa
     )  # a model distilled towards itself: no drift
     with pytest.raises(ValueError, match="works with loss type mnrl"):
         DistillationLoss(losses.CachedMultipleNegativesRankingLoss(student), teacher, weight=1.0)
+
+
+def test_precomputed_teacher_embeddings_replace_the_teacher_forward(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """The mining stage's embeddings of the base model, passed as labels, give the same loss as the online teacher."""
+    import numpy as np
+
+    from st_workflow.training.collator import PreTokenizedCollator
+
+    tuned = _perturbed(tiny_model_path, tmp_path / "tuned", scale=0.2)
+    student = SentenceTransformer(str(tuned), device="cpu")
+    teacher = load_teacher(str(tiny_model_path), device="cpu", cache_dir=str(tmp_path))
+    anchors, positives = TEXTS[0::2], TEXTS[1::2]
+    with torch.no_grad():
+        emb = np.stack([teacher.encode(anchors), teacher.encode(positives)], axis=1)  # (rows, columns, dim)
+    rows = [
+        {"anchor_input_ids": student.preprocess([a])["input_ids"][0].tolist(),
+         "positive_input_ids": student.preprocess([p])["input_ids"][0].tolist(), "row": i, "dataset_name": "s"}
+        for i, (a, p) in enumerate(zip(anchors, positives, strict=True))
+    ]  # fmt: skip
+    batch = PreTokenizedCollator(pad_token_id=0, token_type_ids=True, teacher={"s": emb.astype(np.float16)})(
+        rows
+    )
+    assert batch["label"].shape == (2, 2, emb.shape[-1])
+    features = [
+        {k[len(c) + 1 :]: v for k, v in batch.items() if k.startswith(c + "_")}
+        for c in ("anchor", "positive")
+    ]
+    mnrl = losses.MultipleNegativesRankingLoss(student)
+    offline = DistillationLoss(mnrl, None, weight=1.0)
+    offline([dict(f) for f in features], batch["label"])
+    online = DistillationLoss(mnrl, teacher, weight=1.0)
+    online([dict(f) for f in features], None)
+    assert offline.last_terms["drift"] == pytest.approx(online.last_terms["drift"], abs=2e-3)
+    with pytest.raises(ValueError, match="no teacher"):
+        offline([dict(f) for f in features], None)

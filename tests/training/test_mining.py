@@ -315,7 +315,7 @@ def test_beir_source_is_mined_from_its_collection_and_trained_on(
     settings = {"sources": ["bt"], "relative_margin": None, "training_sources": sources}
     cfg = _cfg(tmp_path, test_cache_dir, "coll", corpus="collection", **settings)
     m = mine_stage(cfg, None)  # no pipeline source: no pairs dataset needed
-    assert set(m.files) == {"source:bt"} and m.upstream == []
+    assert set(m.files) == {"source:bt", "teacher"} and m.upstream == []
     rows = pq.read_table(m.path("source:bt")).to_pylist()
     collection = {doc_text(x) for x in read_corpus(d).values()}
     judged = {r["positive"] for r in rows}
@@ -362,7 +362,7 @@ def test_pipeline_only_config_mines_as_before(
     pairs_manifest = write_pairs_manifest(tmp_path / "pairs", rows)
     old = mine_stage(_cfg(tmp_path, test_cache_dir, "old", relative_margin=None), pairs_manifest)
     _check(old, rows)
-    assert set(old.files) == {"pairs"} and old.metrics["sources"] == {}
+    assert set(old.files) == {"pairs", "teacher"} and old.metrics["sources"] == {}
     assert old.upstream[0].content_hash == pairs_manifest.content_hash
     # Naming the pipeline source, or adding a beir source that mining.sources does not name: the same output.
     d = _beir_training_dir(tmp_path / "beir", pair_rows)
@@ -373,7 +373,7 @@ def test_pipeline_only_config_mines_as_before(
         ("collection", {"training_sources": both, "sources": ["pipeline"], "corpus": "collection"}),
     ):
         m = mine_stage(_cfg(tmp_path, test_cache_dir, run, relative_margin=None, **settings), pairs_manifest)
-        assert set(m.files) == {"pairs"} and m.counts == old.counts, run
+        assert set(m.files) == {"pairs", "teacher"} and m.counts == old.counts, run
         assert m.path("pairs").read_bytes() == old.path("pairs").read_bytes(), run
     # Pre-tokenization: the mined manifest as the pairs (the old call) or as ``mined`` reads the same file.
     cfg = _cfg(tmp_path, test_cache_dir, "old")
@@ -430,3 +430,31 @@ def test_local_source_is_mined_after_cleaning_and_capping(
     # max_rows was applied before mining: pre-tokenization keeps every mined triplet.
     (rec,) = read_sources(pretokenize_stage(cfg, None, mined=m))
     assert rec["rows"] == 16 and rec["columns"] == ["anchor", "positive", "negative"]
+
+
+def test_the_mining_embeddings_are_kept_as_the_distillation_teachers_targets(
+    tmp_path: Path, test_cache_dir: Path, tricky_manifest: Manifest, tricky_rows: list[dict]
+) -> None:
+    """Every anchor, positive and negative of the output has the mining model's embedding in the teacher store,
+    keyed like pre-tokenization hashes texts, equal to what the model computes for that text."""
+    import numpy as np
+
+    from st_workflow.models import load_model
+    from st_workflow.training.mining import load_teacher_store
+    from st_workflow.training.pretokenize import text_hashes
+
+    cfg = _cfg(tmp_path, test_cache_dir, relative_margin=None)
+    m = mine_stage(cfg, tricky_manifest)
+    assert m.files["teacher"].is_dir and m.metrics["teacher"]["weights"] == m.metrics["weights"]
+    hashes, emb = load_teacher_store(m.path("teacher"))
+    assert np.all(np.diff(hashes) > 0)
+    out = pq.read_table(m.path("pairs")).to_pylist()
+    texts = sorted({t for r in out for t in (r["anchor"], r["positive"], r["negative"])})
+    pos = np.searchsorted(hashes, text_hashes(texts))
+    assert np.array_equal(hashes[pos], text_hashes(texts))  # no text of the output is missing
+    model = load_model(TINY, cache_dir=test_cache_dir, max_seq_length=48)
+    sample = texts[:5]
+    direct = model.encode(sample, normalize_embeddings=True)
+    stored = emb[np.searchsorted(hashes, text_hashes(sample))].astype(np.float32)
+    cos = (direct * stored).sum(1) / np.linalg.norm(stored, axis=1) / np.linalg.norm(direct, axis=1)
+    assert cos.min() > 0.99
