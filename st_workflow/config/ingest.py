@@ -15,7 +15,11 @@ class _SourceBase(StrictModel):
     enabled: bool = True
     """Skip the source when false."""
     max_records: PositiveInt | None = None
-    """Stop after this many kept records (handy for slices and smoke runs)."""
+    """Keep at most this many documents (handy for slices and smoke runs). A first or full ingest stops reading once
+    it has this many. An incremental merge of a live source (CMR, PDS) keeps the documents it already has and applies
+    their updates, then takes new records oldest first (by revision or harvest time) while room is left; new records
+    left out are counted as ``deferred``, not ``added``, and the watermark stays at the oldest of them, so they are
+    asked for again next run (and taken once the cap is raised)."""
 
 
 class RetryConfig(StrictModel):
@@ -29,6 +33,14 @@ class RetryConfig(StrictModel):
     """Upper bound of one backoff delay (and of an honoured ``Retry-After``)."""
     timeout_s: float = Field(default=60.0, gt=0)
     """Per-request read timeout (CMR's own hard limit is 180 s)."""
+
+
+class _ListingChecks(StrictModel):
+    on_shortfall: Literal["warn", "fail"] = "warn"
+    """What to do when a complete listing delivers fewer items than the server announced (CMR ``CMR-Hits``, PDS
+    ``summary.hits``): ``warn`` logs it and marks the run incomplete (the next run lists everything again instead
+    of continuing from the watermark); ``fail`` raises. Either way the manifest's ``metrics.listing`` records
+    ``expected``, ``received`` and ``shortfall``."""
 
 
 class ArxivApiConfig(StrictModel):
@@ -72,7 +84,7 @@ class ArxivSource(_SourceBase):
     """Optional export-API ingest of recent papers."""
 
 
-class CmrSource(_SourceBase):
+class CmrSource(_ListingChecks, _SourceBase):
     """NASA CMR collections (UMM-C) with Search-After paging, or a recorded UMM-C dump."""
 
     kind: Literal["cmr"] = "cmr"
@@ -90,7 +102,8 @@ class CmrSource(_SourceBase):
     from_file: str | None = None
     """Read UMM-C items from a JSON Lines dump (or a saved response) instead of the API."""
     incremental: bool = True
-    """Ask only for ``revision_date`` after the last successful ingest and merge by concept-id."""
+    """Ask only for ``revision_date`` after the last successful ingest and merge by concept-id; collections CMR
+    deleted since then (``/search/deleted-collections``) are removed from the merged set (counted as ``deleted``)."""
     incremental_overlap_s: float = Field(default=3600.0, ge=0)
     """Re-ask this many seconds before the newest ``revision-date`` already seen (CMR indexes with a lag; the
     merge by concept-id makes the overlap harmless)."""
@@ -98,7 +111,7 @@ class CmrSource(_SourceBase):
     """Retry policy for 429/5xx/timeouts."""
 
 
-class PdsSource(_SourceBase):
+class PdsSource(_ListingChecks, _SourceBase):
     """NASA PDS Search API (products, collections, bundles), or a file of extracted context products."""
 
     kind: Literal["pds"] = "pds"
@@ -111,8 +124,10 @@ class PdsSource(_SourceBase):
     """Query parameters (``q``, ``keywords``...)."""
     limit: PositiveInt = 500
     """Items per page (the docs advise staying below a few thousand)."""
-    sort: list[str] = Field(default_factory=lambda: ["ops:Harvest_Info.ops:harvest_date_time"])
-    """Sort fields for ``search-after`` paging (the API requires ``sort`` with ``search-after``)."""
+    sort: list[str] = Field(default_factory=lambda: ["ops:Harvest_Info.ops:harvest_date_time", "lidvid"])
+    """Sort fields for ``search-after`` paging (the API requires ``sort`` with ``search-after``). ``lidvid`` is
+    appended when missing: ``search-after`` skips every item that ties with the last one sent, and products
+    harvested together share one harvest time, so the sort must end with a unique field."""
     incremental: bool = True
     """Ask only for products harvested since the last successful ingest (``harvest_date_time ge ...``) and
     merge by lidvid."""

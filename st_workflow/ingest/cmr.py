@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from st_workflow.ingest.logs import logger as get_logger
 from st_workflow.ingest.readers import iter_jsonl
 
 COLLECTIONS_PATH = "search/collections.umm_json"
+DELETED_COLLECTIONS_PATH = "search/deleted-collections"
 PUBLIC_CMR = "https://cmr.earthdata.nasa.gov"
 
 _KEYWORD_LEVELS = (
@@ -263,3 +265,31 @@ class CmrPager:
                 self.hits,
                 self.items,
             )
+
+
+def _parse_references(resp: httpx.Response) -> list[str]:
+    """Concept ids of an XML references response (``<results><references><reference><id>``)."""
+    try:
+        root = ET.fromstring(resp.content)
+    except ET.ParseError as e:
+        raise RetryableBody(f"body is not well-formed XML ({len(resp.content)} bytes): {e}") from None
+    if root.tag != "results":
+        raise RetryableBody(f"XML body is a <{root.tag}>, expected <results> with references")
+    return [r.findtext("id", "").strip() for r in root.iter("reference") if (r.findtext("id") or "").strip()]
+
+
+def deleted_collections(client: RetryingClient, base_url: str, since: str) -> list[str]:
+    """Concept ids of the collections CMR deleted at or after ``since`` (and that were not ingested again).
+
+    ``GET /search/deleted-collections?revision_date=<since>``: the whole list in one response (no paging); XML
+    references are the only format (``Accept: application/json`` is a 400) and ``revision_date`` the only
+    parameter (a start date, no range), so the list covers every provider and the caller intersects it with its own.
+    """
+    url = f"{base_url.rstrip('/')}/{DELETED_COLLECTIONS_PATH}"
+    resp = client.get(
+        url,
+        params=[("revision_date", since)],
+        headers={"Accept": "application/xml"},
+        parse=_parse_references,
+    )
+    return list(dict.fromkeys(resp.value))

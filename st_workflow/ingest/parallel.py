@@ -6,7 +6,10 @@ de-duplicates and writes them in file order. The output is therefore byte-identi
 test checks it), only faster on a machine with idle cores.
 
 Workers are started with ``spawn`` (never ``fork``): the ingest may run inside a Prefect worker or next to server
-threads, and forking a threaded process is unsafe.
+threads, and forking a threaded process is unsafe. A daemonic process may not start children at all (Python refuses
+with "daemonic processes are not allowed to have children"), and Dask runs its tasks in daemonic worker processes, so
+there (see :func:`can_start_workers`) the same blocks are parsed in-process: same output, the parallelism being
+Dask's own fan-out across sources.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def auto_workers(size: int, min_bytes: int) -> int:
         idle = cpus
     n = min(MAX_AUTO_WORKERS, int(idle + 0.5))
     return n if n >= 2 else 1
+
+
+def can_start_workers() -> bool:
+    """Whether this process may start worker processes: a daemonic one (a Dask worker process, a multiprocessing
+    pool worker) may not."""
+    return not mp.current_process().daemon
 
 
 FILTERED_MARK: Prepared = ("filtered",)
@@ -118,7 +127,12 @@ def prepare_arxiv_block(
 def prepared_arxiv(
     path: Path, prefixes: tuple[str, ...], bounds: Bounds, workers: int, block_bytes: int = BLOCK_BYTES
 ) -> Iterator[Prepared]:
-    """Prepared records of a snapshot, in file order, from ``workers`` processes."""
+    """Prepared records of a snapshot, in file order, from ``workers`` processes (in-process when ``workers`` is 1 or
+    this process may not start any, see :func:`can_start_workers`)."""
+    if workers <= 1 or not can_start_workers():
+        for block, first in _blocks(path, block_bytes):
+            yield from prepare_arxiv_block(block, first, path.name, prefixes, bounds)
+        return
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending: deque[Future[list[Prepared]]] = deque()

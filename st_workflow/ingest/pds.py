@@ -14,6 +14,12 @@ descriptions can say "Investigation: Europa Clipper Mission" instead of a URN.
 Paging (:class:`PdsPager`) follows the Search API's documented deep paging: ``sort`` on the harvest time plus
 ``search-after`` = the last item's sort value(s). It continues until a page comes back empty or ``summary.hits`` items
 were received; a short page is not taken as the end.
+
+``search-after`` is strict: the registry (OpenSearch) returns only items whose *whole* sort tuple is greater than the
+values sent, and products are harvested in batches that share one harvest time. Sorting on the harvest time alone
+therefore skips every product that ties with a page's last item. The pager always ends the sort with the unique
+``lidvid`` (:data:`TIEBREAKER`) so that the sort tuple is unique and no tie can fall between two pages; ``hits``
+versus ``items`` afterwards tells whether the listing came back whole.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from st_workflow.ingest.readers import iter_jsonl
 
 PUBLIC_PDS = "https://pds.nasa.gov/api/search/1"
 HARVEST_TIME = "ops:Harvest_Info.ops:harvest_date_time"
+#: A field unique per product: the last sort key, so that ``search-after`` never falls between tied items.
+TIEBREAKER = "lidvid"
 #: Child elements of ``Product_Context`` that describe the context object.
 CONTEXT_CLASSES = (
     "Agency",
@@ -422,19 +430,43 @@ def sort_value(item: Any, field: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def paging_sort(sort: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``sort`` with the unique :data:`TIEBREAKER` last (added when missing), so every sort tuple is unique.
+
+    Example:
+        >>> paging_sort(["ops:Harvest_Info.ops:harvest_date_time"])
+        ('ops:Harvest_Info.ops:harvest_date_time', 'lidvid')
+    """
+    fields = tuple(dict.fromkeys(sort))
+    return fields if TIEBREAKER in fields else (*fields, TIEBREAKER)
+
+
 @dataclass
 class PdsPager:
-    """Iterates every item of a Search API query with ``sort`` + ``search-after`` paging."""
+    """Iterates every item of a Search API query with ``sort`` + ``search-after`` paging.
+
+    ``sort`` always ends with the unique :data:`TIEBREAKER` (see :func:`paging_sort`). After iteration ``hits``
+    (``summary.hits`` of the first page), ``pages`` and ``items`` tell what happened; :attr:`shortfall` is how many
+    announced items never arrived.
+    """
 
     client: RetryingClient
     base_url: str
     endpoint: str = "products"
     params: list[tuple[str, str]] | None = None
     limit: int = 500
-    sort: tuple[str, ...] = (HARVEST_TIME,)
+    sort: tuple[str, ...] = (HARVEST_TIME, TIEBREAKER)
     hits: int | None = None
     pages: int = 0
     items: int = 0
+
+    def __post_init__(self) -> None:
+        self.sort = paging_sort(self.sort)
+
+    @property
+    def shortfall(self) -> int:
+        """Items ``summary.hits`` announced that the paging did not deliver (0 when unknown)."""
+        return max(0, self.hits - self.items) if self.hits is not None else 0
 
     def __iter__(self) -> Iterator[tuple[Any, str]]:
         url = f"{self.base_url.rstrip('/')}/{self.endpoint.strip('/')}"

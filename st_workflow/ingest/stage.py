@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from st_workflow.ingest import arxiv, cmr, pds
 from st_workflow.ingest.arxiv_api import ArxivApiPager
 from st_workflow.ingest.documents import (
     DUPLICATE_ID,
+    ROW,
     Bounds,
     Candidate,
     DocumentSink,
@@ -53,11 +55,12 @@ from st_workflow.ingest.documents import (
     SinkResult,
     collapse,
     normalize_text,
+    prepare,
 )
 from st_workflow.ingest.generic import iter_hf, local_dataset_dir, row_candidate
-from st_workflow.ingest.httpclient import RetryingClient
+from st_workflow.ingest.httpclient import HttpSourceError, RetryingClient
 from st_workflow.ingest.logs import logger as get_logger
-from st_workflow.ingest.parallel import auto_workers, commit_all, prepared_arxiv
+from st_workflow.ingest.parallel import auto_workers, can_start_workers, commit_all, prepared_arxiv
 from st_workflow.ingest.readers import Record, file_identity, iter_jsonl, iter_local
 from st_workflow.manifest import MANIFEST_NAME, Manifest, reusable
 from st_workflow.resources import resolve_path
@@ -75,6 +78,28 @@ os.umask(_UMASK)
 
 class OutputDirError(ValueError):
     """The output directory holds files that are not an ingest output; refusing to replace it."""
+
+
+class ListingShortfallError(HttpSourceError):
+    """A complete listing delivered fewer items than the server announced and ``on_shortfall`` is ``fail``."""
+
+
+@dataclass
+class _Listing:
+    """What one CMR/PDS listing delivered."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    newest: str | None = None
+    """Newest revision/harvest time among the candidates."""
+    complete: bool = True
+    """False when ``max_records`` cut the listing short or a shortfall makes it untrustworthy."""
+    fetched: int = 0
+    """Items that arrived (candidates and rejections)."""
+    deleted: list[str] = field(default_factory=list)
+    """Ids the source deleted since the watermark (CMR incremental runs)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """``expected`` (announced hits), ``received``, ``shortfall``, ``complete``: for the manifest."""
 
 
 # ================================================================================================ public entry points
@@ -110,7 +135,9 @@ def ingest_to_dir(
     Writes ``documents.parquet`` (:data:`st_workflow.schemas.DOCUMENT_SCHEMA`), ``quarantine.jsonl`` (one JSON object
     per bad or duplicate record: ``source, locator, id, field, reason, detail[, excerpt]``), ``state.json`` for live
     sources, then ``manifest.json``. Counts: ``seen = kept + quarantined + duplicates + filtered``; live sources also
-    report ``fetched``, ``added`` and ``updated``.
+    report ``fetched``, ``added`` and ``updated``, and incremental CMR/PDS merges ``deleted`` (removed upstream) and
+    ``deferred`` (new records left out by ``max_records``). CMR/PDS manifests carry ``metrics.listing``:
+    ``expected`` (the server's hit count), ``received``, ``shortfall`` and ``complete``.
 
     Raises:
         OutputDirError: when ``out_dir`` exists and holds files that are not an ingest output.
@@ -367,9 +394,20 @@ class _Job:
         return {}
 
     def _workers(self, path: Path) -> int:
-        if self.ingest.workers is not None:
-            return self.ingest.workers
-        return auto_workers(path.stat().st_size, self.ingest.parallel_min_bytes)
+        n = (
+            self.ingest.workers
+            if self.ingest.workers is not None
+            else auto_workers(path.stat().st_size, self.ingest.parallel_min_bytes)
+        )
+        if n > 1 and not can_start_workers():
+            self.log.info(
+                "ingest %s: this is a daemonic process (a Dask worker?), which cannot start worker processes; "
+                "parsing %s in-process",
+                self.source.name,
+                path.name,
+            )
+            return 1
+        return n
 
     def _stream(
         self,
@@ -401,6 +439,7 @@ class _Job:
         cache_key: str,
         live: bool,
         state: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> Manifest:
         src = self.source
         with atomic.atomic_dir(self.out_dir) as tmp:
@@ -416,12 +455,18 @@ class _Job:
             res = sink.close()
             if state is not None:
                 atomic.write_json(tmp / STATE, state)
-            m = self._manifest(tmp, res, extra, cache_key, live)
+            m = self._manifest(tmp, res, extra, cache_key, live, metrics or {})
         self._log_done(m)
         return m
 
     def _manifest(
-        self, tmp: Path, res: SinkResult, extra: dict[str, int], cache_key: str, live: bool
+        self,
+        tmp: Path,
+        res: SinkResult,
+        extra: dict[str, int],
+        cache_key: str,
+        live: bool,
+        metrics: dict[str, Any],
     ) -> Manifest:
         m = Manifest.build(
             stage=STAGE,
@@ -433,7 +478,7 @@ class _Job:
             },
             counts={**res.counts, **extra},
             schema=schema_dict(DOCUMENT_SCHEMA),
-            metrics={"kind": self.source.kind, "live": live, "reasons": res.reasons},
+            metrics={"kind": self.source.kind, "live": live, "reasons": res.reasons, **metrics},
             config_hash=self.config_hash,
             code_version=self.code,
             cache_key=cache_key,
@@ -480,6 +525,7 @@ class _Job:
                 "enabled",
                 "incremental",
                 "incremental_overlap_s",
+                "on_shortfall",
             }  # how we ask, not what we ask for
             query = src.model_dump(mode="json", exclude=ignored)
         bounds = self.ingest.model_dump(mode="json", exclude=_NOT_IN_KEY)
@@ -511,17 +557,15 @@ class _Job:
             retry, headers=headers, min_interval_s=min_interval_s, label=f"ingest {self.source.name}"
         )
 
-    def _fetch_api(
-        self, watermark: str | None
-    ) -> tuple[list[Candidate], list[Rejection], str | None, bool, int]:
-        """Fetch (the changed part of) a CMR or PDS listing. Returns candidates, rejections, newest revision/harvest
-        time, whether the listing was complete, and how many items arrived."""
+    def _fetch_api(self, watermark: str | None) -> _Listing:
+        """Fetch (the changed part of) a CMR or PDS listing, and for an incremental CMR run the deletions since the
+        watermark. A first or full listing stops at ``max_records`` candidates; an incremental one is read whole
+        (the merge applies the cap, see :meth:`_run_api_live`)."""
         src = self.source
-        newest: str | None = None
-        cands: list[Candidate] = []
-        rejections: list[Rejection] = []
-        limit = src.max_records
-        complete = True
+        assert isinstance(src, CmrSource | PdsSource)
+        out = _Listing()
+        limit = src.max_records if watermark is None else None
+        since: str | None = None
         if isinstance(src, CmrSource):
             headers = {"Client-Id": src.client_id, "Accept": "application/json"}
             token = src.token.resolve()
@@ -535,9 +579,8 @@ class _Job:
             client = self._client(src.retry, headers)
             pager: Any = cmr.CmrPager(client, src.base_url, cmr.COLLECTIONS_PATH, params, src.page_size)
             convert: Callable = lambda item, loc: cmr.item_candidate(item, loc, src.base_url)  # noqa: E731
-            stamp = ("metadata", "revision_date")
+            stamp = "revision_date"
         else:
-            assert isinstance(src, PdsSource)
             if watermark:
                 self.log.info(
                     "ingest %s: incremental, asking PDS for harvest_date_time >= %s", src.name, watermark
@@ -552,41 +595,72 @@ class _Job:
                 tuple(src.sort),
             )
             convert = lambda item, loc: pds.api_candidate(item, loc, src.base_url)  # noqa: E731
-            stamp = ("metadata", "harvest_date_time")
-        n = 0
+            stamp = "harvest_date_time"
         with client:
             for item, loc in pager:
-                n += 1
+                out.fetched += 1
                 c = convert(item, loc)
                 if isinstance(c, Rejection):
-                    rejections.append(c)
+                    out.rejections.append(c)
                     continue
-                ts = c.metadata.get(stamp[1])
-                if isinstance(ts, str) and (newest is None or ts > newest):
-                    newest = ts
-                cands.append(c)
-                if limit is not None and len(cands) >= limit:
-                    complete = False
+                ts = c.metadata.get(stamp)
+                if isinstance(ts, str) and (out.newest is None or ts > out.newest):
+                    out.newest = ts
+                out.candidates.append(c)
+                if limit is not None and len(out.candidates) >= limit:
+                    out.complete = False
                     break
             self.log.info(
                 "ingest %s: %d items in %d pages (%d requests, %d retries)",
                 src.name,
-                n,
+                out.fetched,
                 pager.pages,
                 client.requests,
                 client.retries,
             )
-        return cands, rejections, newest, complete, n
+            self._check_listing(out, pager.hits)
+            if since is not None and isinstance(src, CmrSource):
+                out.deleted = cmr.deleted_collections(client, src.base_url, since)
+                self.log.info(
+                    "ingest %s: CMR lists %d collections deleted since %s", src.name, len(out.deleted), since
+                )
+        return out
+
+    def _check_listing(self, out: _Listing, hits: int | None) -> None:
+        """Compare what a complete listing delivered with what the server announced; act on a shortfall."""
+        src = self.source
+        assert isinstance(src, CmrSource | PdsSource)
+        shortfall = max(0, hits - out.fetched) if hits is not None and out.complete else 0
+        out.metrics = {
+            "expected": hits,
+            "received": out.fetched,
+            "shortfall": shortfall,
+            "complete": out.complete,
+        }
+        if not shortfall:
+            return
+        msg = (
+            f"ingest {src.name}: the server announced {hits} items but the listing delivered {out.fetched} "
+            f"({shortfall} missing)"
+        )
+        if src.on_shortfall == "fail":
+            raise ListingShortfallError(msg + " (on_shortfall: fail)", transient=True)
+        self.log.warning("%s; marking the run incomplete so the next one lists everything again", msg)
+        out.complete = out.metrics["complete"] = False
 
     def _run_api_live(
         self, prev: Manifest | None, watermark: str | None, signature: str, key: str
     ) -> Manifest:
         src = self.source
-        cands, rejections, newest, complete, fetched = self._fetch_api(watermark)
+        assert isinstance(src, CmrSource | PdsSource)
+        listing = self._fetch_api(watermark)
+        rejections = listing.rejections
+        complete, fetched = listing.complete, listing.fetched
+        newest = listing.newest
         # One record per id: a later revision in the same listing wins; the other is reported as a duplicate.
         by_id: dict[Any, Candidate] = {}
         stamp = "revision_date" if isinstance(src, CmrSource) else "harvest_date_time"
-        for c in cands:
+        for c in listing.candidates:
             if not isinstance(c.id, str) or c.id not in by_id:
                 by_id[c.id if isinstance(c.id, str) else id(c)] = c
                 continue
@@ -606,9 +680,19 @@ class _Job:
             )
         carried: list[dict[str, Any]] = []
         counts = {"fetched": fetched}
+        metrics: dict[str, Any] = {"listing": listing.metrics}
         if prev is not None:
             prev_rows = {r["id"]: r for r in _previous_rows(prev)}
-            fetched_ids = {k for k in by_id if isinstance(k, str)}
+            prev_q = _read_quarantine(prev)
+            # Deleted upstream: gone from the merged set, documents and quarantine verdicts alike.
+            gone = set(listing.deleted)
+            deleted = {i for i in gone if i in prev_rows} | {
+                q.get("id") for q in prev_q if q.get("id") in gone
+            }
+            for i in gone:
+                prev_rows.pop(i, None)
+                by_id.pop(i, None)
+            prev_q = [q for q in prev_q if q.get("id") not in gone]
             if isinstance(src, PdsSource):
                 titles = {
                     r_meta.get("lid"): r["title"]
@@ -617,11 +701,24 @@ class _Job:
                 }
                 pds.resolve_references(list(by_id.values()), titles)
             changed = [c for k, c in by_id.items() if not _same(c, prev_rows.get(k))]
-            prev_q = _read_quarantine(prev)
+            admitted, deferred = self._admit(changed, prev_rows, stamp)
+            for c in deferred:
+                by_id.pop(c.id, None)
+            fetched_ids = {k for k in by_id if isinstance(k, str)}
             known = {(q.get("id"), q.get("reason"), q.get("field")) for q in prev_q}
             new_rejections = [r for r in rejections if (r.id, r.reason, r.field) not in known]
             stored_newest = max(filter(None, [watermark, newest]), default=None)
-            if not changed and not new_rejections:
+            if deferred:
+                # Not kept, so not past the watermark: the next incremental run asks for them again.
+                stored_newest = min(str(c.metadata.get(stamp) or "") for c in deferred) or watermark
+                self.log.info(
+                    "ingest %s: max_records=%s reached; %d new records deferred (watermark held at %s)",
+                    src.name,
+                    src.max_records,
+                    len(deferred),
+                    stored_newest,
+                )
+            if not admitted and not new_rejections and not deleted:
                 atomic.write_json(
                     self.out_dir / STATE, self._state(signature, stored_newest, complete, fetched)
                 )
@@ -632,8 +729,13 @@ class _Job:
                     fetched,
                 )
                 return prev
-            added = sum(1 for c in changed if c.id not in prev_rows)
-            counts |= {"added": added, "updated": len(changed) - added}
+            added = sum(1 for c in admitted if c.id not in prev_rows)
+            counts |= {
+                "added": added,
+                "updated": len(admitted) - added,
+                "deleted": len(deleted),
+                "deferred": len(deferred),
+            }
             merged: dict[Any, Candidate] = {k: _row_candidate(r) for k, r in prev_rows.items()}
             merged.update(by_id)
             carried = [q for q in prev_q if q.get("id") not in fetched_ids]
@@ -657,7 +759,38 @@ class _Job:
             return counts
 
         state = self._state(signature, newest, complete, fetched)
-        return self._build(feed, cache_key=key, live=True, state=state)
+        return self._build(feed, cache_key=key, live=True, state=state, metrics=metrics)
+
+    def _admit(
+        self, changed: list[Candidate], prev_rows: dict[str, dict[str, Any]], stamp: str
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """Split the changed records of an incremental merge into admitted and deferred under ``max_records``.
+
+        Updates of documents already kept are always admitted; new records are admitted oldest first (by ``stamp``)
+        while the cap leaves room. A record the bounds would quarantine takes no room. Without a cap everything is
+        admitted.
+        """
+        cap = self.source.max_records
+        if cap is None:
+            return changed, []
+        updates = [c for c in changed if c.id in prev_rows]
+        new = sorted(
+            (c for c in changed if c.id not in prev_rows),
+            key=lambda c: (str(c.metadata.get(stamp) or ""), str(c.id)),
+        )
+        replaced = {c.id for c in updates}
+        valid_updates = sum(1 for c in updates if prepare(c, self.bounds)[0] == ROW)
+        room = cap - (len(prev_rows) - len(replaced)) - valid_updates
+        admitted, deferred = list(updates), []
+        for c in new:
+            if prepare(c, self.bounds)[0] != ROW:
+                admitted.append(c)  # quarantined: takes no room, keeps its verdict visible
+            elif room > 0:
+                admitted.append(c)
+                room -= 1
+            else:
+                deferred.append(c)
+        return admitted, deferred
 
     def _state(self, signature: str, watermark: str | None, complete: bool, fetched: int) -> dict[str, Any]:
         return {

@@ -9,18 +9,23 @@ end-to-end flow test and in demo-like configs. It is a real ``ThreadingHTTPServe
   response header out), with ``CMR-Hits``/``CMR-Took``/``CMR-Request-Id``. A request that matches a recorded one
   exactly (MUR, POCLOUD) gets the recorded body and headers; ``/search/granules.umm_json`` replays the recorded
   three-page MOD02QKM ``CMR-Search-After`` chain and ``/search/collections.json`` the recorded SWOT ATOM pages.
+  ``GET /search/deleted-collections?revision_date=<start>`` lists the collections deleted since then (and not
+  ingested again) as XML references, the only format CMR offers for it.
 * **PDS** ``GET /api/search/1/{products,collections,bundles}`` (and ``/classes/<name>``): the 1,651 bundled context
   products rendered as Search API ``application/json`` items (descriptions re-wrapped the way labels are, harvest times
-  assigned in file order) plus the recorded collection and bundle items; ``q`` (the PDS query language: ``eq ne gt ge
-  lt le like``, ``and or not``, parentheses), ``keywords``, ``limit``, ``start``, ``sort`` + ``search-after``.
+  assigned in file order, three products per harvest batch sharing one time) plus the recorded collection and bundle
+  items; ``q`` (the PDS query language: ``eq ne gt ge lt le like``, ``and or not``, parentheses), ``keywords``,
+  ``limit``, ``start``, ``sort`` + ``search-after`` (one value per sort field, strictly after on the whole sort tuple,
+  as the registry's OpenSearch does: items tying with the values sent are not returned).
 * **arXiv** ``GET /api/query``: Atom feeds of the bundled Kaggle-format papers with ``search_query`` (``cat:``,
   ``ti:``, ``abs:``, ``all:``, ``AND``/``OR``, ``*`` wildcards), ``start``, ``max_results``, ``sortBy``/``sortOrder``.
 
 Faults are injected on demand, consumed first-in first-out by the next matching requests: ``429`` (with
 ``Retry-After``), ``503``, ``stall`` (hold the response past the client's timeout), ``truncate`` (send half the body
-with a matching ``Content-Length``), ``drop`` (close the connection without answering), ``partial`` (CMR only: half
-the page with ``CMR-Time-Out: true``). ``max_page_items`` makes every
-page shorter than asked, as real servers may. Every request is logged in ``requests``.
+with a matching ``Content-Length``), ``drop`` (close the connection without answering), ``partial`` (CMR: half the
+page with ``CMR-Time-Out: true``; PDS: every other item of the page missing, unflagged, as a failed registry shard
+gives). ``max_page_items`` makes every page shorter than asked, as real servers may. Every request is logged in
+``requests``.
 
 Example (tests, flows)::
 
@@ -176,6 +181,9 @@ class CmrCollections:
     def __init__(self, items: Iterable[dict[str, Any]]) -> None:
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, Any]] = {}
+        #: concept-id -> (tombstone revision-date, the last live revision's item) of collections deleted and not
+        #: ingested again: what ``/search/deleted-collections`` reports.
+        self._tombstones: dict[str, tuple[str, dict[str, Any]]] = {}
         for item in items:
             self._items[item["meta"]["concept-id"]] = item
 
@@ -198,15 +206,29 @@ class CmrCollections:
         cid = item["meta"]["concept-id"]
         with self._lock:
             old = self._items.get(cid)
-            item["meta"]["revision-id"] = int((old or item)["meta"].get("revision-id", 0)) + (1 if old else 0)
+            # Ingested again after a delete: no longer a deleted collection, and the tombstone took a revision.
+            tomb = self._tombstones.pop(cid, None)
+            if old is None and tomb is not None:
+                revision = int(tomb[1]["meta"].get("revision-id", 0)) + 2
+            else:
+                revision = int((old or item)["meta"].get("revision-id", 0)) + (1 if old else 0)
+            item["meta"]["revision-id"] = revision
             item["meta"]["revision-date"] = revision_date or _now_z()
             self._items[cid] = item
         return item
 
-    def delete(self, concept_id: str) -> None:
-        """Remove a record."""
+    def delete(self, concept_id: str, revision_date: str | None = None) -> None:
+        """Delete a record: it leaves the searches and leaves a tombstone dated ``revision_date`` (default now)."""
         with self._lock:
-            self._items.pop(concept_id, None)
+            old = self._items.pop(concept_id, None)
+            if old is not None:
+                self._tombstones[concept_id] = (revision_date or _now_z(), old)
+
+    def deleted_since(self, since: str) -> list[dict[str, Any]]:
+        """The last live revision of each collection deleted at or after ``since`` (and not ingested again)."""
+        with self._lock:
+            tombs = list(self._tombstones.items())
+        return [copy.deepcopy(last) for _, (when, last) in sorted(tombs) if _in_range(when, since, "")]
 
     def search(self, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Records matching the query, in the server's stable sort order (entry title, then concept-id)."""
@@ -478,17 +500,29 @@ def context_to_api_item(rec: dict[str, Any], harvest: str, node: str = "PDS_ENG"
     }
 
 
+#: Context products harvested per batch: a batch shares one harvest time, as products loaded together do.
+PDS_HARVEST_BATCH = 3
+
+
 class PdsProducts:
-    """The PDS product store: context products plus the recorded collection and bundle items, by endpoint."""
+    """The PDS product store: context products plus the recorded collection and bundle items, by endpoint.
+
+    Context products get harvest times in file order, ``harvest_batch`` products per batch sharing one time (the
+    registry stamps a whole harvest run alike, so ties on ``ops:Harvest_Info.ops:harvest_date_time`` are the norm).
+    """
 
     def __init__(
-        self, context: list[dict[str, Any]], collections: list[dict[str, Any]], bundles: list[dict[str, Any]]
+        self,
+        context: list[dict[str, Any]],
+        collections: list[dict[str, Any]],
+        bundles: list[dict[str, Any]],
+        harvest_batch: int = PDS_HARVEST_BATCH,
     ):
         self._lock = threading.Lock()
         start = dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
         items = [
             context_to_api_item(
-                r, (start + dt.timedelta(seconds=37 * i, microseconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                r, (start + dt.timedelta(seconds=37 * (i // harvest_batch))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             )
             for i, r in enumerate(context)
         ]
@@ -542,15 +576,21 @@ class PdsProducts:
         sort = [v for k, v in params if k == "sort"]
         after = [v for k, v in params if k == "search-after"]
         if after and not sort:
-            raise PdsQueryError("search-after requires sort")
+            raise PdsQueryError("sort argument must be provided if searchAfter argument is provided")
+        if after and len(after) != len(sort):
+            raise PdsQueryError("sort and searchAfter arguments must be of equal length if provided")
 
         def key(it: dict[str, Any]) -> list[str]:
-            return [(_field_values(it, s) or [""])[0] for s in sort] + [str(it.get("id"))]
+            # Ascending on each sort field; a multi-valued field sorts by its smallest value (OpenSearch's default).
+            return [min(_field_values(it, s), default="") for s in sort]
 
-        items.sort(key=key if sort else (lambda it: [str(it.get("id"))]))
+        # Ties on the whole sort tuple come in index order (the id here): stable, but not part of the tuple.
+        items.sort(key=lambda it: [*key(it), str(it.get("id"))])
         hits = len(items)
         if after:
-            items = [i for i in items if key(i)[: len(after)] > after]
+            # OpenSearch search_after: strictly after the given sort values, compared on the whole tuple. Items that
+            # tie with them are not returned, which is why a client must sort on something unique.
+            items = [i for i in items if key(i) > after]
         start = int(get.get("start", 0) or 0)
         limit = int(get.get("limit", 100))
         page = items[start : start + limit]
@@ -713,13 +753,17 @@ class ReplayServer(BackgroundHTTPServer):
         max_page_items: cap on items per page (fewer than asked), or None.
     """
 
-    def __init__(self, port: int = 0, *, max_page_items: int | None = None) -> None:
+    def __init__(
+        self, port: int = 0, *, max_page_items: int | None = None, pds_harvest_batch: int = PDS_HARVEST_BATCH
+    ) -> None:
         self.cmr = CmrCollections(_load_jsonl(resolve_path(f"{SAMPLES}/{CMR_DUMP}")))
         collections = json.loads(resolve_path(f"{SAMPLES}/{PDS_COLLECTIONS}").read_text(encoding="utf-8"))[
             "data"
         ]
         bundles = json.loads(resolve_path(f"{SAMPLES}/{PDS_BUNDLES}").read_text(encoding="utf-8"))["data"]
-        self.pds = PdsProducts(_load_jsonl(resolve_path(f"{SAMPLES}/{PDS_CONTEXT}")), collections, bundles)
+        self.pds = PdsProducts(
+            _load_jsonl(resolve_path(f"{SAMPLES}/{PDS_CONTEXT}")), collections, bundles, pds_harvest_batch
+        )
         rows: list[dict[str, Any]] = []
         for f in ARXIV_FILES:
             rows += _load_jsonl(resolve_path(f"{SAMPLES}/{f}"))
@@ -859,6 +903,13 @@ class ReplayServer(BackgroundHTTPServer):
             page["items"] = page.get("items", [])[: len(page.get("items", [])) // 2]
             body = json.dumps(page).encode()
             headers = {**headers, "CMR-Time-Out": "true"}
+        if fault is not None and fault.kind == "partial" and route == "pds" and status == 200:
+            # A registry shard failing mid-query: OpenSearch answers with the other shards' hits and the Search API
+            # passes that on unflagged. Every other item of the page is missing; the last one is still there.
+            page = json.loads(body)
+            data = page.get("data", [])
+            page["data"] = [d for i, d in enumerate(data) if i % 2 == 0 or i == len(data) - 1]
+            body = json.dumps(page).encode()
         self._send(h, logged, status, body, ctype, headers)
 
     def _send(
@@ -930,9 +981,69 @@ class ReplayServer(BackgroundHTTPServer):
             {"CMR-Request-Id": str(uuid.uuid4())},
         )
 
+    def _cmr_deleted(
+        self, path: str, params: list[tuple[str, str]], headers: dict[str, str]
+    ) -> tuple[int, bytes, str, dict[str, str]]:
+        """``GET /search/deleted-collections``: XML references to the last live revision of every collection deleted
+        since ``revision_date`` (a single start date), as CMR documents it. XML is the only format: an extension or
+        an ``Accept`` header asking for anything else is a 400, as are other parameters and date ranges."""
+        ext = path.removeprefix("/search/deleted-collections").lstrip(".")
+        accept = headers.get("accept", "").split(";")[0].strip()
+        fmt = ext or {
+            "application/json": "json",
+            "application/vnd.nasa.cmr.umm_results+json": "umm_json",
+        }.get(accept, "xml")
+        if fmt != "xml":
+            return self._cmr_xml_error(
+                400,
+                f"Result format [{fmt}] is not supported by deleted collections search. "
+                "The only format that is supported is xml.",
+            )
+        unknown = sorted({k for k, _ in params if k not in ("revision_date", "revision_date[]", "pretty")})
+        if unknown:
+            return self._cmr_xml_error(400, f"Parameter [{unknown[0]}] was not recognized.")
+        dates = [v for k, v in params if k in ("revision_date", "revision_date[]")]
+        if len(dates) > 1:
+            return self._cmr_xml_error(
+                400, f"Only one revision date is allowed, but {len(dates)} were provided."
+            )
+        if dates and "," in dates[0]:
+            return self._cmr_xml_error(
+                400,
+                "Invalid format for revision date, only a starting date is allowed for deleted collections "
+                f"search, but was [{dates[0]}]",
+            )
+        gone = self.cmr.deleted_since(dates[0] if dates else "")
+        refs = "".join(
+            "<reference>"
+            f"<name>{escape(str(g['umm'].get('EntryTitle', '')))}</name>"
+            f"<id>{escape(g['meta']['concept-id'])}</id>"
+            f"<location>{self.url}/search/concepts/{escape(g['meta']['concept-id'])}/"
+            f"{g['meta'].get('revision-id', 1)}</location>"
+            f"<revision-id>{g['meta'].get('revision-id', 1)}</revision-id>"
+            "</reference>"
+            for g in gone
+        )
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f"<results><hits>{len(gone)}</hits><took>1</took><references>{refs}</references></results>"
+        ).encode()
+        return 200, body, "application/xml; charset=UTF-8", {"CMR-Hits": str(len(gone))}
+
+    def _cmr_xml_error(self, status: int, message: str) -> tuple[int, bytes, str, dict[str, str]]:
+        body = f'<?xml version="1.0" encoding="UTF-8"?><errors><error>{escape(message)}</error></errors>'
+        return (
+            status,
+            body.encode("utf-8"),
+            "application/xml; charset=UTF-8",
+            {"CMR-Request-Id": str(uuid.uuid4())},
+        )
+
     def _cmr(
         self, path: str, params: list[tuple[str, str]], headers: dict[str, str]
     ) -> tuple[int, bytes, str, dict[str, str]]:
+        if path == "/search/deleted-collections" or path.startswith("/search/deleted-collections."):
+            return self._cmr_deleted(path, params, headers)
         if path != "/search/collections.umm_json":
             return self._cmr_error(404, f"The resource {path} was not found in this replay")
         unknown = sorted({k for k, _ in params if k not in CMR_PARAMS})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing as mp
 import os
 import time
 from pathlib import Path
@@ -184,3 +185,26 @@ def test_parallel_parsing_writes_the_same_bytes(tmp_path: Path, samples_dir: Pat
     seq = list(prepared_arxiv(snap, ("hep-",), bounds, workers=2, block_bytes=2048))
     inline = prepare_arxiv_block(snap.read_bytes(), 1, snap.name, ("hep-",), bounds)
     assert seq == inline and len(seq) == 23
+
+
+def _prepared_in_daemon(snap: str, out: mp.Queue) -> None:
+    """Runs in a daemonic child: what a Dask worker process is."""
+    try:
+        bounds = Bounds(max_record_bytes=4000)
+        out.put(list(prepared_arxiv(Path(snap), ("hep-",), bounds, workers=2, block_bytes=2048)))
+    except BaseException as e:  # report it rather than leave the parent waiting
+        out.put(f"{type(e).__name__}: {e}")
+
+
+def test_parallel_parsing_inside_a_daemonic_process(tmp_path: Path, samples_dir: Path) -> None:
+    """A daemonic process may not start worker processes; asked for workers there, the parser works in-process."""
+    snap = tmp_path / "arxiv-metadata-oai-snapshot.json"
+    _broken_snapshot(snap, samples_dir)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_prepared_in_daemon, args=(str(snap), out), daemon=True)
+    child.start()
+    got = out.get(timeout=300)
+    child.join(timeout=60)
+    inline = prepare_arxiv_block(snap.read_bytes(), 1, snap.name, ("hep-",), Bounds(max_record_bytes=4000))
+    assert got == inline and child.exitcode == 0

@@ -155,11 +155,14 @@ def test_incremental_ingest_asks_only_for_changes_and_merges(
         # Nothing new: one small request with revision_date[], the manifest (and its hash) untouched.
         n_before = len(srv.requests)
         again = ingest_to_dir(src, out)
-        new_reqs = srv.requests[n_before:]
-        assert (
-            len(new_reqs) == 2
-        )  # the page with the boundary record, then the empty page that ends the chain
+        new_reqs = [r for r in srv.requests[n_before:] if r.path == "/search/collections.umm_json"]
+        # The page with the boundary record, then the empty page that ends the chain.
+        assert len(new_reqs) == 2
         assert {r.param("revision_date[]") for r in new_reqs} == {f"{state['watermark']},"}
+        # And the deletions since the same date: one request, XML, the date as the only parameter.
+        gone_reqs = [r for r in srv.requests[n_before:] if r.path == "/search/deleted-collections"]
+        assert [r.params for r in gone_reqs] == [[("revision_date", state["watermark"])]]
+        assert gone_reqs[0].headers["accept"] == "application/xml" and gone_reqs[0].status == 200
         assert again == first and again.content_hash == first.content_hash
 
         # A revision of one collection and a brand-new one arrive.
@@ -214,3 +217,25 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0
     assert retry_after_seconds(None) is None and retry_after_seconds("later") is None
+
+
+def test_incremental_ingest_removes_collections_cmr_deleted(tmp_path: Path, fast_retry: RetryConfig) -> None:
+    with ReplayServer() as srv:
+        src = _live(srv, fast_retry, page_size=500, params={"provider": "PODAAC"})
+        out = tmp_path / "cmr"
+        first = ingest_to_dir(src, out)
+        ours = sorted(_ids(first))
+        gone, back = ours[3], ours[10]
+        elsewhere = next(i for i in srv.cmr.ids() if i.endswith("-ORNL_DAAC"))
+        srv.cmr.delete(gone)  # deleted for good
+        srv.cmr.delete(elsewhere)  # deleted, but not one of this source's collections
+        record = srv.cmr.get(back)
+        srv.cmr.delete(back)
+        srv.cmr.put(record)  # deleted and ingested again: CMR does not list it as deleted
+        merged = ingest_to_dir(src, out)
+        full = ingest_to_dir(src, tmp_path / "full", full_refresh=True)
+    ids = _ids(merged)
+    assert gone not in ids and back in ids and elsewhere not in ids
+    assert merged.counts["deleted"] == 1 and merged.counts["kept"] == first.counts["kept"] - 1
+    # The merged output is what a full listing of the same server state gives.
+    assert merged.files["documents"].sha256 == full.files["documents"].sha256

@@ -63,3 +63,55 @@ def test_short_pages_and_truncation(shared_replay: ReplayServer) -> None:
     r = httpx.get(f"{shared_replay.cmr_url}/search/collections.umm_json", params={"page_size": "5"})
     with pytest.raises(json.JSONDecodeError):
         json.loads(r.content)
+
+
+def test_pds_search_after_is_strict_on_the_whole_sort_tuple(shared_replay: ReplayServer) -> None:
+    """As the registry's OpenSearch does: items tying with the search-after values are not returned, so only a sort
+    ending with a unique field pages through ties; search-after needs one value per sort field."""
+    url = f"{shared_replay.pds_url}/products"
+    sort = "ops:Harvest_Info.ops:harvest_date_time"
+    q = ("q", '(product_class eq "Product_Context")')
+    page = httpx.get(url, params=[q, ("limit", "5"), ("sort", sort)]).json()["data"]
+    times = [d["properties"][sort][0] for d in page]
+    tied = times[-1]
+    assert times.count(tied) < 3  # the page ends inside a harvest batch of three
+    after_time = httpx.get(url, params=[q, ("limit", "5"), ("sort", sort), ("search-after", tied)]).json()[
+        "data"
+    ]
+    assert all(d["properties"][sort][0] > tied for d in after_time)  # the rest of the batch is skipped
+    both = [q, ("limit", "5"), ("sort", sort), ("sort", "lidvid")]
+    last = page[-1]
+    nxt = httpx.get(url, params=[*both, ("search-after", tied), ("search-after", last["id"])]).json()["data"]
+    assert [d["properties"][sort][0] for d in nxt[: 3 - times.count(tied)]] == [tied] * (
+        3 - times.count(tied)
+    )
+    assert all(d["id"] > last["id"] for d in nxt if d["properties"][sort][0] == tied)
+    r = httpx.get(url, params=[*both, ("search-after", tied)])
+    assert r.status_code == 400 and "equal length" in r.json()["message"]
+
+
+def test_cmr_deleted_collections_endpoint(replay: ReplayServer) -> None:
+    url = f"{replay.cmr_url}/search/deleted-collections"
+    cid = replay.cmr.ids()[-1]
+    record = replay.cmr.get(cid)
+    replay.cmr.delete(cid, revision_date="2031-05-01T00:00:00Z")
+    r = httpx.get(url, params={"revision_date": "2031-01-01T00:00:00Z"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
+    assert r.headers["CMR-Hits"] == "1" and f"<id>{cid}</id>" in r.text
+    assert f"<revision-id>{record['meta']['revision-id']}</revision-id>" in r.text
+    later = httpx.get(url, params={"revision_date": "2031-06-01T00:00:00Z"})
+    assert later.headers["CMR-Hits"] == "0" and "<reference>" not in later.text
+    for bad, message in [
+        ({"revision_date": "2031-01-01T00:00:00Z,"}, "only a starting date is allowed"),
+        ({"provider": "PODAAC"}, "Parameter [provider] was not recognized."),
+    ]:
+        r = httpx.get(url, params=bad)
+        assert r.status_code == 400 and message in r.text, (bad, r.text)
+    two = [("revision_date", "2031-01-01T00:00:00Z"), ("revision_date", "2032-01-01T00:00:00Z")]
+    r = httpx.get(url, params=two)
+    assert r.status_code == 400 and "Only one revision date is allowed, but 2 were provided." in r.text
+    for json_ask in [httpx.get(f"{url}.json"), httpx.get(url, headers={"Accept": "application/json"})]:
+        assert json_ask.status_code == 400 and "The only format that is supported is xml." in json_ask.text
+    replay.cmr.put(record)  # ingested again: no longer a deleted collection
+    r = httpx.get(url, params={"revision_date": "2031-01-01T00:00:00Z"})
+    assert r.headers["CMR-Hits"] == "0" and cid in replay.cmr.ids()
