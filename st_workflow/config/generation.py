@@ -12,9 +12,9 @@ from st_workflow.config.base import PositiveInt, SecretRef, StrictModel
 class Price(StrictModel):
     """Price of one model, in USD per million tokens."""
 
-    input_per_mtok: float = 0.0
+    input_per_mtok: float = Field(default=0.0, ge=0)
     """USD per 1M prompt tokens."""
-    output_per_mtok: float = 0.0
+    output_per_mtok: float = Field(default=0.0, ge=0)
     """USD per 1M completion tokens."""
 
 
@@ -64,12 +64,19 @@ class ExecutionConfig(StrictModel):
     max_reasks: int = Field(default=2, ge=0)
     """Re-asks when the answer fails validation."""
     budget_usd: float | None = Field(default=None, ge=0)
-    """Cap on the new USD spending of each LLM stage (filter, generation) in one run: no call starts whose expected
-    cost would cross it; calls in flight finish and everything done so far is kept (cached answers cost nothing)."""
+    """Cap on the USD spending of the whole run (``run_name``): every LLM stage (filter, pairs, benchmark
+    queries), task retry, fan-out shard and concurrent process of the run draws on this one budget, kept in
+    ``<cache_dir>/llm/budgets/<run_name>.json``. Each request reserves its worst case (prompt size plus
+    ``endpoint.max_tokens``) before it is sent and settles at its real usage, so the run never spends more; what
+    was spent stays spent when the run is run again (cached answers cost nothing). Raise it to spend more. Needs a
+    price for the model (``price`` or ``prices``) and ``endpoint.max_tokens``."""
     budget_tokens: PositiveInt | None = None
-    """The same cap in tokens (prompt + completion)."""
+    """The same cap of the run in tokens (prompt + completion), shared the same way."""
     prices: dict[str, Price] = Field(default_factory=_default_prices)
     """Price table by model name."""
+    price: Price | None = None
+    """Price of ``generation.endpoint.model``, before the table (set it for a custom or local model, e.g.
+    ``--set generation.execution.price.input_per_mtok=0.2``; 0 and 0 declare it free)."""
     shard_size: PositiveInt = 200
     """Results per Parquet shard (each written atomically)."""
     prefect_concurrency_limit: str | None = "llm-calls"
@@ -79,6 +86,29 @@ class ExecutionConfig(StrictModel):
     """How often a run looks again at a document that another run is answering at the same time."""
     progress_every_s: float = Field(default=15.0, gt=0)
     """Interval of the progress log line (documents done, cached, failed, USD spent)."""
+
+    def price_for(self, model: str) -> Price | None:
+        """The price of ``model``: ``price`` when set, else its ``prices`` entry, else ``None`` (unpriced)."""
+        return self.price if self.price is not None else self.prices.get(model)
+
+
+def budget_problem(gen: GenerationConfig) -> str | None:
+    """Why the configured budget could not be enforced, or ``None``: an unpriced model would cost $0 per call
+    (``budget_usd`` would admit every call) and without ``max_tokens`` a call's worst case is unknown."""
+    ex, ep = gen.execution, gen.endpoint
+    if ex.budget_usd is not None and ex.price_for(ep.model) is None:
+        return (
+            f"generation.execution.budget_usd is set but model {ep.model!r} has no price, so its calls would "
+            "count as $0 and the budget would never stop them: set generation.execution.price.input_per_mtok "
+            "and generation.execution.price.output_per_mtok (USD per 1M tokens; 0 for a free local model), "
+            f"or add {ep.model!r} to generation.execution.prices"
+        )
+    if (ex.budget_usd is not None or ex.budget_tokens is not None) and ep.max_tokens is None:
+        return (
+            "a budget (generation.execution.budget_usd / budget_tokens) needs generation.endpoint.max_tokens: "
+            "without it the worst case of a call, which is reserved before the call is sent, is unknown"
+        )
+    return None
 
 
 class RelevancyFilterConfig(StrictModel):
@@ -220,3 +250,9 @@ class GenerationConfig(StrictModel):
     """Judge documents before generating (cheaper: rejected documents cost no generation call). When false, pairs
     are generated for every document (the two stages may then run side by side) and the gates drop the pairs of
     documents the filter rejected; each document is still judged once."""
+
+    @model_validator(mode="after")
+    def _enforceable_budget(self) -> GenerationConfig:
+        if self.endpoint.configured and (problem := budget_problem(self)) is not None:
+            raise ValueError(problem)
+        return self

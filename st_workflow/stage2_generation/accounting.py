@@ -1,27 +1,29 @@
-"""Token usage, cost and the budget cap.
+"""Token usage and cost of the LLM work, per document and per stage.
 
 Every HTTP answer's ``usage`` is added to the :class:`CallUsage` of the document being processed (re-asks and
-answers that failed validation included: they were paid for). A stage's :class:`Ledger` sums them per source and
-refuses to start a call whose estimated cost would cross the budget, so a capped run stops *before* overspending and
-keeps everything done so far.
+answers that failed validation included: they were paid for). A stage's :class:`Ledger` sums them per source for
+its report. The budget cap is not here: it is the run's :class:`~.budget.RunBudget`, shared by every stage, retry,
+shard and process of the run, which each request reserves from before it is sent; the ledger only carries it and
+remembers that it was hit.
 
 Example:
     >>> from st_workflow.config.generation import Price
-    >>> led = Ledger(Price(input_per_mtok=1.0, output_per_mtok=2.0), budget_usd=0.0025)
+    >>> led = Ledger(Price(input_per_mtok=1.0, output_per_mtok=2.0))
     >>> u = CallUsage(prompt_tokens=1000, completion_tokens=500, requests=1)
-    >>> led.record(u, "cmr", size=4000); round(led.spent_usd, 6)
+    >>> led.record(u, "cmr"); round(led.spent_usd, 6)
     0.002
-    >>> led.reserve(size=4000, inflight=0)[0]   # a call of the same size would bring it to 0.004 > 0.0025
-    'stop'
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter, defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from st_workflow.config.generation import Price
+
+if TYPE_CHECKING:
+    from st_workflow.stage2_generation.budget import RunBudget
 
 
 @dataclasses.dataclass
@@ -68,20 +70,17 @@ class CallUsage:
 
 
 class Ledger:
-    """Spending of one stage run, per source, with the budget cap (one event loop: no locking needed).
+    """What one stage run spent, per source, and the run budget it draws on (one event loop: no locking needed).
 
-    Before a call starts, :meth:`reserve` estimates its cost from the prompt size at the highest cost per prompt
-    character seen so far (a conservative rate), and admits it only if spent + reserved for calls in flight + this
-    estimate stays within the caps. With a cap set, the very first call runs alone, as there is nothing to estimate
-    from yet.
+    Args:
+        price: The model's price (``None``: unpriced, its calls count as $0 here; a USD cap then refuses to start).
+        budget: The run's shared budget (``None``: no cap); the engine hands it to the client, which meters
+            every request against it.
     """
 
-    def __init__(
-        self, price: Price | None, budget_usd: float | None = None, budget_tokens: int | None = None
-    ):
+    def __init__(self, price: Price | None, budget: RunBudget | None = None) -> None:
         self.price = price
-        self.budget_usd = budget_usd
-        self.budget_tokens = budget_tokens
+        self.budget = budget
         self.spent_usd = 0.0
         self.spent_tokens = 0
         self.prompt_tokens = 0
@@ -92,19 +91,14 @@ class Ledger:
         self.by_source: dict[str, Counter[str]] = defaultdict(Counter)
         self._by_source_usd: dict[str, float] = defaultdict(float)
         self.budget_hit = False
-        self.reserved_usd = 0.0
-        self.reserved_tokens = 0.0
-        self._usd_per_char = 0.0
-        self._tokens_per_char = 0.0
-        self._max_usd = 0.0
-        self._max_tokens = 0
+        """Set when the run budget refused a request: no further job of this stage is attempted."""
 
     @property
     def capped(self) -> bool:
-        return self.budget_usd is not None or self.budget_tokens is not None
+        return self.budget is not None
 
     def record(self, usage: CallUsage, source: str, size: int = 0) -> None:
-        """Add one document's spending (``size``: its prompt characters, to refine the estimates)."""
+        """Add one document's spending (``size``, its prompt characters, is accepted for callers' convenience)."""
         cost = usage.cost(self.price)
         self.calls += 1
         self.requests += usage.requests
@@ -113,59 +107,15 @@ class Ledger:
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.retries.update(usage.retries)
-        self._max_usd = max(self._max_usd, cost)
-        self._max_tokens = max(self._max_tokens, usage.total_tokens)
-        if size > 0:
-            self._usd_per_char = max(self._usd_per_char, cost / size)
-            self._tokens_per_char = max(self._tokens_per_char, usage.total_tokens / size)
         s = self.by_source[source]
         s["calls"] += 1
         s["prompt_tokens"] += usage.prompt_tokens
         s["completion_tokens"] += usage.completion_tokens
         self._by_source_usd[source] += cost
 
-    def estimate(self, size: int) -> tuple[float, float]:
-        """Expected (USD, tokens) of a call with a ``size``-character prompt (conservative)."""
-        if size > 0 and self._tokens_per_char > 0:
-            return size * self._usd_per_char, size * self._tokens_per_char
-        return self._max_usd, float(self._max_tokens)
-
-    def reserve(self, size: int, inflight: int) -> tuple[str, float, float]:
-        """Decide whether a call may start: ``("go", usd, tokens)`` reserves its estimate (give it back with
-        :meth:`release` when the call ends), ``("wait", 0, 0)`` until a first call gives an estimate, or
-        ``("stop", 0, 0)``; once stopped, always stopped for the run."""
-        if self.budget_hit:
-            return "stop", 0.0, 0.0
-        if not self.capped:
-            return "go", 0.0, 0.0
-        if self.calls == 0:
-            if (self.budget_usd is not None and self.budget_usd <= 0) or (
-                self.budget_tokens is not None and self.budget_tokens <= 0
-            ):
-                self.budget_hit = True
-                return "stop", 0.0, 0.0
-            return ("go", 0.0, 0.0) if inflight == 0 else ("wait", 0.0, 0.0)
-        usd, tok = self.estimate(size)
-        if self.budget_usd is not None and self.spent_usd + self.reserved_usd + usd > self.budget_usd + 1e-12:
-            self.budget_hit = True
-        if (
-            self.budget_tokens is not None
-            and self.spent_tokens + self.reserved_tokens + tok > self.budget_tokens
-        ):
-            self.budget_hit = True
-        if self.budget_hit:
-            return "stop", 0.0, 0.0
-        self.reserved_usd += usd
-        self.reserved_tokens += tok
-        return "go", usd, tok
-
-    def release(self, usd: float, tokens: float) -> None:
-        """Give back a reservation once its call has been recorded."""
-        self.reserved_usd = max(0.0, self.reserved_usd - usd)
-        self.reserved_tokens = max(0.0, self.reserved_tokens - tokens)
-
     def summary(self) -> dict[str, Any]:
-        """JSON-able spending of this run."""
+        """JSON-able spending of this stage run, plus the run budget's state (``run_budget``) when capped."""
+        b = self.budget
         return {
             "calls": self.calls,
             "requests": self.requests,
@@ -174,9 +124,10 @@ class Ledger:
             "total_tokens": self.spent_tokens,
             "cost_usd": round(self.spent_usd, 6),
             "retries": dict(self.retries),
-            "budget_usd": self.budget_usd,
-            "budget_tokens": self.budget_tokens,
+            "budget_usd": b.budget_usd if b else None,
+            "budget_tokens": b.budget_tokens if b else None,
             "budget_hit": self.budget_hit,
+            "run_budget": b.snapshot() if b else None,
             "by_source": {
                 s: {**dict(c), "cost_usd": round(self._by_source_usd[s], 6)}
                 for s, c in sorted(self.by_source.items())

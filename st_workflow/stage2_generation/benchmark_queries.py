@@ -9,9 +9,9 @@ answer that breaks a rule is re-asked with the rule's message (``execution.max_r
 It runs on the machinery of the pair generator (:mod:`.stages`): documents with equal content share one call, each
 answer lives in the content-addressed cache ``<cache_dir>/llm/benchmark_queries`` (keyed by content hash, the text
 actually sent, prompt version, response schema, model, sampling and the checks), per-document claims let concurrent
-runs share work, the sliding-window engine retries transport errors, the ledger enforces
-``execution.budget_usd`` / ``budget_tokens`` for this call, and each request holds a slot of the Prefect global
-concurrency limit. A re-run pays nothing; a killed or budget-capped run is resumed by calling again, paying only for
+runs share work, the sliding-window engine retries transport errors, every request reserves from the run's one
+budget (:mod:`.budget`: ``execution.budget_usd`` / ``budget_tokens``, shared with the other LLM stages of the run),
+and each request holds a slot of the Prefect global concurrency limit. A re-run pays nothing; a killed or budget-capped run is resumed by calling again, paying only for
 the documents still missing.
 
 Nothing here fails a benchmark over a query: documents without one (budget, invalid answers after the re-asks,
@@ -40,6 +40,7 @@ from st_workflow.hashing import code_version, sha256_text, stable_hash
 from st_workflow.log import get_logger
 from st_workflow.stage2_generation.accounting import Ledger
 from st_workflow.stage2_generation.availability import llm_skip_reason
+from st_workflow.stage2_generation.budget import stage_ledger
 from st_workflow.stage2_generation.cache import cache_key
 from st_workflow.stage2_generation.clients import instructor_client, sampling_kwargs
 from st_workflow.stage2_generation.columns import usage_columns
@@ -289,7 +290,7 @@ def write_benchmark_queries(cfg: PipelineConfig, docs: list[QueryDoc], *, work_d
     writer = QueryWriter(gen)
     docs = sorted(dict.fromkeys(docs), key=lambda d: d.key)
     jobs, groups = group_jobs(docs, writer.job)
-    ledger = Ledger(model_price(cfg), gen.execution.budget_usd, gen.execution.budget_tokens)
+    ledger = stage_ledger(cfg)  # the run's shared budget; refuses an unenforceable cap before any call
     rows: list[dict[str, Any]] = []
     fail_rows: list[dict[str, Any]] = []
 

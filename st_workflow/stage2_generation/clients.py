@@ -30,9 +30,10 @@ def retry_policy(gen: GenerationConfig) -> RetryPolicy:
 
 
 def make_openai_client(
-    gen: GenerationConfig, api_key: SecretStr | None, slot: SlotFactory = no_slot
+    gen: GenerationConfig, api_key: SecretStr | None, slot: SlotFactory = no_slot, budget: Any = None
 ) -> openai.AsyncOpenAI:
-    """An ``AsyncOpenAI`` for the configured endpoint whose chat completions go through our retry layer."""
+    """An ``AsyncOpenAI`` for the configured endpoint whose chat completions go through our retry layer and, with
+    a run ``budget`` (:class:`~.budget.RunBudget`), reserve from it per HTTP attempt (under the retries)."""
     ep = gen.endpoint
     if not ep.base_url:
         raise ValueError("generation.endpoint.base_url is not set")
@@ -43,6 +44,8 @@ def make_openai_client(
         max_retries=0,
         timeout=ep.timeout_s,
     )
+    if budget is not None:
+        client.chat.completions.create = budget.meter(client.chat.completions.create)  # type: ignore[method-assign]
     return install(client, retry_policy(gen), slot)
 
 

@@ -5,10 +5,10 @@ up the others (no batch barriers). For each job a worker
 
 1. returns the stored answer when the content-addressed cache has it (free);
 2. claims the key (``flock``); if another run holds it, puts the job back to look again in ``poll_s`` seconds;
-3. asks the ledger whether the call's estimated cost fits the budget (else the job ends as ``budget``, nothing is
-   spent);
-4. calls the LLM with a fresh :class:`~.accounting.CallUsage` in the context, stores the answer atomically, and only
-   then releases the claim.
+3. ends the job as ``budget`` (nothing spent) once the run budget refused a request of this stage;
+4. calls the LLM with a fresh :class:`~.accounting.CallUsage` in the context (each request first reserves its
+   worst case from the run's :class:`~.budget.RunBudget`; a refused one ends the job as ``budget``), stores the
+   answer atomically, and only then releases the claim.
 
 Every finished job is handed to ``on_outcome`` at once (the caller streams it to a Parquet shard). A fatal endpoint
 error (bad key, unknown model) stops new calls, lets the calls in flight finish, and is re-raised at the end.
@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from st_workflow.stage2_generation.accounting import CallUsage, Ledger
+from st_workflow.stage2_generation.budget import BudgetExhausted
 from st_workflow.stage2_generation.cache import LLMCache
 from st_workflow.stage2_generation.resilience import (
     CURRENT_USAGE,
@@ -44,7 +45,7 @@ class Job:
     source: str
     payload: Any
     size: int = 0
-    """Prompt characters (for the budget estimate)."""
+    """Prompt characters (informational; the budget meters each request itself)."""
 
 
 @dataclasses.dataclass
@@ -156,13 +157,9 @@ async def execute(
             entry = cache.get(job.key)  # it may have finished between our check and the claim
             if entry is not None:
                 return Outcome(job, "cached", entry)
-            while (reservation := ledger.reserve(job.size, state["inflight"]))[0] == "wait":
-                await asyncio.sleep(0.02)
-            decision, r_usd, r_tok = reservation
-            if decision == "stop":
+            if ledger.budget_hit:
                 return Outcome(job, "budget", cause="budget", message="budget cap reached before this call")
             if fatal:
-                ledger.release(r_usd, r_tok)
                 return Outcome(job, "aborted", cause="endpoint", message=str(fatal[0]))
             usage = CallUsage()
             token = CURRENT_USAGE.set(usage)
@@ -180,11 +177,13 @@ async def execute(
                     ledger.record(usage, job.source, job.size)
                     return Outcome(job, "aborted", usage=usage, cause="endpoint", message=str(inner))
                 ledger.record(usage, job.source, job.size)
+                if (refused := find_in_chain(e, BudgetExhausted)) is not None:
+                    ledger.budget_hit = True  # the run budget has no room: stop starting jobs
+                    return Outcome(job, "budget", usage=usage, cause="budget", message=str(refused))
                 msg = e.message if isinstance(e, JobFailed) else first_line(e)
                 return Outcome(job, "failed", usage=usage, cause=classify_failure(e), message=msg)
             finally:
                 state["inflight"] -= 1
-                ledger.release(r_usd, r_tok)
                 CURRENT_USAGE.reset(token)
             ledger.record(usage, job.source, job.size)
             entry = {

@@ -13,15 +13,12 @@ and speed go to ``run_stats.json`` beside the manifest and to the log.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import socket
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from st_workflow import atomic
 from st_workflow.config import PipelineConfig
 from st_workflow.hashing import code_version, stable_hash
 from st_workflow.leakage import BenchmarkGuard, LeakageTarget, benchmarks_hash
+from st_workflow.locks import stage_lock
 from st_workflow.log import get_logger
 from st_workflow.manifest import Manifest, reusable
 from st_workflow.near_duplicates import NearDuplicateRule
@@ -40,6 +38,7 @@ from st_workflow.stage2_generation import generate as gen_mod
 from st_workflow.stage2_generation import relevancy as rel_mod
 from st_workflow.stage2_generation.accounting import Ledger
 from st_workflow.stage2_generation.availability import llm_skip_reason
+from st_workflow.stage2_generation.budget import stage_ledger
 from st_workflow.stage2_generation.cache import LLMCache
 from st_workflow.stage2_generation.clients import instructor_client, make_openai_client, resolve_api_key
 from st_workflow.stage2_generation.columns import usage_columns
@@ -69,8 +68,9 @@ REJECTED_SCHEMA = pa.schema(
 
 # ---------------------------------------------------------------------- helpers
 def model_price(cfg: PipelineConfig) -> Any:
-    """The configured price of the endpoint's model, or ``None`` (its calls then cost nothing in the ledger)."""
-    return cfg.generation.execution.prices.get(cfg.generation.endpoint.model)
+    """The configured price of the endpoint's model (``execution.price``, else ``execution.prices``), or ``None``
+    (its calls then count as $0; a USD budget then refuses to start, see :mod:`.budget`)."""
+    return cfg.generation.execution.price_for(cfg.generation.endpoint.model)
 
 
 def _llm_stage_key(cfg: PipelineConfig, stage: str, upstream: list[Manifest], **specific: Any) -> str:
@@ -185,7 +185,7 @@ async def _run_engine(
     gen = cfg.generation
     log = get_logger()
     slot = await prefect_slot_factory(gen.execution.prefect_concurrency_limit, log)
-    client = make_openai_client(gen, api_key, slot)
+    client = make_openai_client(gen, api_key, slot, ledger.budget)
     try:
         call = make_call(client)
         return await execute(
@@ -257,20 +257,6 @@ def _usage_metrics(table: pa.Table) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def stage_lock(stage_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a stage directory while a run writes its outputs and manifest (``flock``, so a killed
-    holder releases it)."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(stage_dir / ".commit.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def _write_common(stage_dir: Path, failures: list[dict[str, Any]], run_stats: dict[str, Any]) -> None:
     atomic.write_jsonl(stage_dir / "failures.jsonl", failures)
     atomic.write_json(stage_dir / "run_stats.json", run_stats)
@@ -319,7 +305,7 @@ def run_relevancy_filter(
     judged_docs = [d for d in docs if judge.judges(d)]
     passed = [d for d in docs if not judge.judges(d)]
     jobs, groups = group_jobs(judged_docs, judge.job)
-    ledger = Ledger(model_price(cfg), gen.execution.budget_usd, gen.execution.budget_tokens)
+    ledger = stage_ledger(cfg)  # the run's shared budget; refuses an unenforceable cap before any call
     staging = _staging_dir(stage_dir)
     writer = ShardWriter(staging, rel_mod.JUDGEMENT_SCHEMA, gen.execution.shard_size)
     failures: list[dict[str, Any]] = []
@@ -487,7 +473,7 @@ def run_generation(
     if gen.pairs.max_documents is not None:
         docs = docs[: gen.pairs.max_documents]
     jobs, groups = group_jobs(docs, generator.job)
-    ledger = Ledger(model_price(cfg), gen.execution.budget_usd, gen.execution.budget_tokens)
+    ledger = stage_ledger(cfg)  # the run's shared budget; refuses an unenforceable cap before any call
     staging = _staging_dir(stage_dir)
     writer = ShardWriter(staging, gen_mod.GENERATED_SCHEMA, gen.execution.shard_size)
     failures: list[dict[str, Any]] = []

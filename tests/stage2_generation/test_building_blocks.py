@@ -169,25 +169,21 @@ def test_transport_retries_honour_retry_after_and_record_usage() -> None:
         assert "sk-x" not in str(r)
 
 
-def test_ledger_stops_before_crossing_the_budget() -> None:
+def test_ledger_sums_spending_per_source() -> None:
+    # The cap lives in the run budget (tests/stage2_generation/test_run_budget.py); the ledger only accounts.
     price = Price(input_per_mtok=1.0, output_per_mtok=1.0)
-    led = Ledger(price, budget_usd=0.0035)
-    # With a cap, the first call runs alone: there is nothing to estimate from yet.
-    assert led.reserve(1000, inflight=0)[0] == "go" and led.reserve(1000, inflight=1)[0] == "wait"
-    led.record(CallUsage(prompt_tokens=900, completion_tokens=100, requests=1), "arxiv", size=1000)  # $0.001
-    # Estimated at the highest USD per prompt character seen: 1e-6 per char.
-    d1, usd1, _ = led.reserve(1000, inflight=0)
-    assert (d1, round(usd1, 9)) == ("go", 0.001)
-    assert led.reserve(1000, inflight=1)[0] == "go"  # 0.001 spent + 0.002 reserved <= 0.0035
-    assert led.reserve(1000, inflight=2)[0] == "stop"  # would reach 0.004
-    assert led.reserve(10, inflight=0)[0] == "stop"  # sticky for the run
-    tok = Ledger(price, budget_tokens=2500)
-    tok.record(CallUsage(prompt_tokens=1000, completion_tokens=0), "x", size=500)
-    assert tok.reserve(250, 0)[0] == "go" and tok.reserve(600, 1)[0] == "stop"  # 1000 + 500 + 1200 > 2500
-    assert Ledger(None).reserve(10**9, 99)[0] == "go"
-    assert Ledger(price, budget_usd=0).reserve(1, 0)[0] == "stop"
+    led = Ledger(price)
+    led.record(CallUsage(prompt_tokens=900, completion_tokens=100, requests=1), "arxiv")  # $0.001
+    led.record(CallUsage(prompt_tokens=400, completion_tokens=100, requests=2), "cmr")
     s = led.summary()
-    assert s["by_source"]["arxiv"]["calls"] == 1 and s["cost_usd"] == 0.001 and s["budget_hit"]
+    assert (s["calls"], s["requests"], s["total_tokens"], s["cost_usd"]) == (2, 3, 1500, 0.0015)
+    assert s["by_source"]["arxiv"] == {
+        "calls": 1,
+        "prompt_tokens": 900,
+        "completion_tokens": 100,
+        "cost_usd": 0.001,
+    }
+    assert not led.capped and s["run_budget"] is None and not s["budget_hit"]
 
 
 def test_config_rejects_inverted_bounds() -> None:
