@@ -6,6 +6,7 @@ stable across processes, machines and Python versions.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from collections.abc import Iterable
@@ -47,6 +48,41 @@ def sha256_tree(root: str | Path, pattern: str = "**/*") -> str:
         h.update(b"\0")
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+_tree_memo: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], str] = {}
+
+
+def benchmark_hash(directory: str | Path) -> str | None:
+    """Content identity of a BEIR benchmark directory: the bytes of ``corpus.jsonl``, ``queries.jsonl`` and
+    ``qrels/*.tsv`` (what every reader of a benchmark reads), not its path, manifest or timestamps.
+
+    Every stage and cache key that depends on a benchmark uses this, so a benchmark rebuilt in place with other
+    content invalidates them all, and one rebuilt with the same content invalidates none. Memoised per process on
+    the files' (size, mtime, inode). None when ``directory`` is not a directory.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\\n')
+        >>> before = benchmark_hash(d)
+        >>> _ = (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "y"}\\n')
+        >>> benchmark_hash(d) != before
+        True
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return None
+    files = [root / n for n in ("corpus.jsonl", "queries.jsonl") if (root / n).is_file()]
+    files += sorted((root / "qrels").glob("*.tsv"))
+    stats = []
+    for p in files:
+        st = p.stat()
+        stats.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
+    memo_key = (str(root.resolve()), tuple(stats))
+    if memo_key not in _tree_memo:
+        _tree_memo[memo_key] = combine_hashes(f"{rel}\0{sha256_file(root / rel)}" for rel, *_ in stats)
+    return _tree_memo[memo_key]
 
 
 def canonical_json(obj: Any) -> str:
@@ -91,11 +127,14 @@ def combine_hashes(parts: Iterable[str]) -> str:
 
 
 @cache
-def code_version(*subpackages: str) -> str:
-    """Version of our own code: package version + a hash of the sources of the given sub-packages.
+def code_version(*names: str) -> str:
+    """Version of our own code: package version + a hash of the named modules and everything they import.
 
-    Cache keys include it so that a code change invalidates exactly the stages whose code changed.
-    With no arguments the whole package is hashed.
+    ``names`` are sub-packages or modules of ``st_workflow`` (``"training"``, ``"training.interpolate"``). The hash
+    covers their sources *and* every ``st_workflow`` module they import, transitively (see :func:`code_closure`),
+    so ``code_version("training")`` changes when ``models/resolve.py`` or ``evaluation/trainer_evaluator.py``
+    changes, and a cache key that includes it invalidates exactly the stages whose code (direct or imported)
+    changed. With no arguments the whole package is hashed.
 
     Example:
         >>> code_version("ingest").startswith("0.")
@@ -104,11 +143,140 @@ def code_version(*subpackages: str) -> str:
     from st_workflow import __version__
 
     pkg_root = Path(__file__).resolve().parent
-    roots = [pkg_root / s.replace(".", "/") for s in subpackages] or [pkg_root]
+    return f"{__version__}+{code_hash(pkg_root, *names)[:12]}"
+
+
+def code_hash(pkg_root: str | Path, *names: str) -> str:
+    """Hash of the sources in :func:`code_closure` of ``names`` under the package directory ``pkg_root``."""
+    pkg_root = Path(pkg_root)
     h = hashlib.sha256()
-    for root in roots:
-        files = [root.with_suffix(".py")] if root.with_suffix(".py").is_file() else sorted(root.rglob("*.py"))
-        for p in files:
-            h.update(p.relative_to(pkg_root).as_posix().encode())
-            h.update(p.read_bytes())
-    return f"{__version__}+{h.hexdigest()[:12]}"
+    for p in code_closure(pkg_root, *names):
+        h.update(p.relative_to(pkg_root).as_posix().encode())
+        h.update(b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def code_closure(pkg_root: str | Path, *names: str) -> list[Path]:
+    """The ``.py`` files of the named modules/sub-packages and of every package module they import, sorted.
+
+    The import graph is read statically with :mod:`ast`: ``import``/``from ... import`` statements anywhere in a
+    file (functions, ``TYPE_CHECKING`` blocks included), relative imports, names re-exported lazily through
+    :func:`st_workflow.lazy.lazy_exports` (a ``{name: submodule}`` dict literal in a package ``__init__``), and
+    dotted ``st_workflow.*`` strings (``python -m`` targets, ``modules.json`` types). The parent packages'
+    ``__init__`` files are included, since Python runs them on import. Over-inclusion only costs a re-run;
+    a missed import would reuse a stale result.
+
+    Raises:
+        ValueError: a name that is neither a module nor a sub-package of the package.
+    """
+    root = Path(pkg_root).resolve()
+    pkg = root.name
+    todo: list[Path] = []
+    if not names:
+        todo = sorted(root.rglob("*.py"))
+    for name in names:
+        target = root.joinpath(*name.split("."))
+        if target.with_suffix(".py").is_file():
+            todo.append(target.with_suffix(".py"))
+        elif target.is_dir():
+            todo += sorted(target.rglob("*.py"))
+        else:
+            raise ValueError(f"code_version: {pkg}.{name} is neither a module nor a sub-package of {root}")
+    seen: set[Path] = set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        todo += [q for q in _imported_files(root, p) if q not in seen]
+    return sorted(seen)
+
+
+def _module_file(root: Path, dotted: list[str]) -> Path | None:
+    """File of the package module ``dotted`` (parts after the package name): ``x/y.py`` or ``x/y/__init__.py``."""
+    target = root.joinpath(*dotted) if dotted else root
+    if dotted and target.with_suffix(".py").is_file():
+        return target.with_suffix(".py")
+    if (target / "__init__.py").is_file():
+        return target / "__init__.py"
+    return None
+
+
+def _with_parents(root: Path, dotted: list[str]) -> list[Path]:
+    """The module ``dotted`` and the ``__init__`` of every package above it (all run on import)."""
+    out = [f for i in range(len(dotted)) if (f := _module_file(root, dotted[:i])) is not None]
+    if (f := _module_file(root, dotted)) is not None:
+        out.append(f)
+    return out
+
+
+def _lazy_map(init: Path) -> dict[str, str]:
+    """``{name: submodule}`` of the string-to-string dict literals in a package ``__init__`` (lazy exports)."""
+    out: dict[str, str] = {}
+    for node in ast.walk(_parse(init)):
+        if not isinstance(node, ast.Dict) or not node.keys:
+            continue
+        pairs = list(zip(node.keys, node.values, strict=True))
+        if all(_is_str(k) and _is_str(v) for k, v in pairs):
+            out.update({k.value: v.value for k, v in pairs})  # type: ignore[union-attr]
+    return out
+
+
+def _is_str(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+@cache
+def _parse_cached(path: Path, mtime_ns: int, size: int) -> ast.Module:
+    return ast.parse(path.read_bytes(), filename=str(path))
+
+
+def _parse(path: Path) -> ast.Module:
+    st = path.stat()
+    return _parse_cached(path, st.st_mtime_ns, st.st_size)
+
+
+def _imported_files(root: Path, path: Path) -> list[Path]:
+    """Package files that ``path`` imports (see :func:`code_closure` for what counts as an import)."""
+    pkg = root.name
+    rel = path.relative_to(root).with_suffix("")
+    here = list(
+        rel.parts[:-1]
+    )  # the package a relative import starts from (for __init__: the package itself)
+    targets: list[tuple[list[str], list[str]]] = []  # (module parts below the package, imported names)
+    for node in ast.walk(_parse(path)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == pkg:
+                    targets.append((parts[1:], []))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+                parts = base + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.split(".")[0] == pkg:
+                parts = node.module.split(".")[1:]
+            else:
+                continue
+            targets.append((parts, [a.name for a in node.names]))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            parts = node.value.split(".")
+            if len(parts) > 1 and parts[0] == pkg and all(x.isidentifier() for x in parts):
+                # Longest prefix that is a module: "st_workflow.training.binarization.Binarize" -> binarization.
+                for i in range(len(parts), 1, -1):
+                    if _module_file(root, parts[1:i]) is not None:
+                        targets.append((parts[1:i], []))
+                        break
+    out: list[Path] = []
+    for parts, imported in targets:
+        out += _with_parents(root, parts)
+        init = _module_file(root, parts)
+        for name in imported:
+            if (sub := _module_file(root, [*parts, name])) is not None and sub != init:
+                out.append(sub)  # from pkg.x import submodule
+                continue
+            lazy = _lazy_map(init).get(name) if init is not None and init.name == "__init__.py" else None
+            if lazy and (f := _module_file(root, [*parts, *lazy.split(".")])) is not None:
+                out.append(f)  # a lazily re-exported name: the submodule that defines it
+    return out

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from st_workflow.beir import doc_text, qrels_files, read_corpus, read_qrels, read_queries
-from st_workflow.hashing import sha256_file, stable_hash
+from st_workflow.hashing import benchmark_hash, stable_hash
 from st_workflow.near_duplicates import NearDuplicateIndex, NearDuplicateRule
 
 if TYPE_CHECKING:
@@ -204,11 +204,7 @@ def benchmarks_hash(targets: list[LeakageTarget]) -> str:
             {
                 **t.as_dict(),
                 "directory": None,
-                "files": [
-                    sha256_file(p)
-                    for p in (Path(t.directory) / "queries.jsonl", Path(t.directory) / "corpus.jsonl")
-                ]
-                + [sha256_file(p) for p in sorted((Path(t.directory) / "qrels").glob("*.tsv"))],
+                "content": benchmark_hash(t.directory),
             }
             for t in sorted(targets, key=lambda t: t.name)
         ]

@@ -89,6 +89,10 @@ class Manifest(BaseModel):
     """Key under which the stage is reused: config hash + upstream content hashes + code version."""
     upstream: list[UpstreamRef] = Field(default_factory=list)
     """Manifests consumed, for lineage."""
+    incomplete: dict[str, str] = Field(default_factory=dict)
+    """What this output lacks and why, when the stage could not finish everything it was asked for (a benchmark
+    skipped because the Hub was unreachable, a baseline that could not be loaded, documents whose LLM calls
+    failed, a budget reached): item -> reason. Non-empty means :attr:`is_complete` is false."""
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     """UTC time of writing (not hashed)."""
 
@@ -110,6 +114,7 @@ class Manifest(BaseModel):
         code_version: str = "",
         cache_key: str = "",
         upstream: list[Manifest] | None = None,
+        incomplete: dict[str, str] | None = None,
     ) -> Manifest:
         """Hash the named outputs (paths relative to ``directory``) and assemble a manifest."""
         directory = Path(directory).resolve()
@@ -140,22 +145,35 @@ class Manifest(BaseModel):
             code_version=code_version,
             cache_key=cache_key,
             upstream=[m.ref() for m in upstream or []],
+            incomplete=incomplete or {},
         )
 
     # ------------------------------------------------------------------ identity
     @property
+    def is_complete(self) -> bool:
+        """False for a partial output (:attr:`incomplete` non-empty, or ``metrics.complete`` false as the LLM
+        stages and the hold-out write it).
+
+        The one rule of every cache: an incomplete output is never reused, neither by a stage's own check
+        (:func:`reusable`) nor by Prefect's (:class:`st_workflow.tasks.caching.ManifestCachePolicy`); the next run
+        enters the stage again, and the stage's finer caches make that pay only for what is missing.
+        """
+        return not self.incomplete and self.metrics.get("complete") is not False
+
+    @property
     def content_hash(self) -> str:
         """Hash of what the stage produced: file hashes, counts, schema and metrics (not paths or times)."""
-        return combine_hashes(
-            [
-                self.stage,
-                self.name,
-                stable_hash({k: v.sha256 for k, v in sorted(self.files.items())}),
-                stable_hash(self.counts),
-                stable_hash(self.schema_),
-                stable_hash(self.metrics),
-            ]
-        )
+        parts = [
+            self.stage,
+            self.name,
+            stable_hash({k: v.sha256 for k, v in sorted(self.files.items())}),
+            stable_hash(self.counts),
+            stable_hash(self.schema_),
+            stable_hash(self.metrics),
+        ]
+        if self.incomplete:  # only when set, so complete manifests keep the hashes they always had
+            parts.append(stable_hash({"incomplete": sorted(self.incomplete)}))
+        return combine_hashes(parts)
 
     def ref(self) -> UpstreamRef:
         """Lineage pointer to this manifest."""
@@ -233,7 +251,8 @@ class Manifest(BaseModel):
 
 
 def reusable(directory: str | Path, cache_key: str) -> Manifest | None:
-    """Return the manifest in ``directory`` if it was written under ``cache_key`` and its outputs are intact.
+    """Return the manifest in ``directory`` if it was written under ``cache_key``, is complete
+    (:attr:`Manifest.is_complete`) and its outputs are intact.
 
     This is the stage-level idempotence check: a stage calls it first and returns the old manifest on a hit.
     """
@@ -244,6 +263,6 @@ def reusable(directory: str | Path, cache_key: str) -> Manifest | None:
         m = Manifest.read(p)
     except (ValueError, OSError):
         return None
-    if m.cache_key != cache_key or not m.is_valid():
+    if not cache_key or m.cache_key != cache_key or not m.is_complete or not m.is_valid():
         return None
     return m

@@ -83,26 +83,20 @@ def weights_hash(model_dir: str | Path) -> str:
 
 
 def model_hash(name_or_path: str, resolved: str | None = None) -> str:
-    """Weights hash of a model given by id or path; for a hub id, of its snapshot (downloaded unless offline).
+    """Weights hash of a model given by path; for a hub id, its resolved commit (``hub_fingerprint``: nothing is
+    downloaded).
 
-    A hub id whose files cannot be had falls back to a hash of the id (logged), which cannot tell two revisions
+    A hub id whose revision cannot be had falls back to a hash of the id (logged), which cannot tell two revisions
     apart.
     """
     local = Path(resolved or name_or_path)
     if local.is_dir():
         return weights_hash(local)
-    from huggingface_hub import snapshot_download
+    from st_workflow.models.resolve import hub_fingerprint
 
-    from st_workflow.evaluation.benchmarks import hub_offline
-
-    for local_only in (True, False):
-        if not local_only and hub_offline():
-            break
-        try:
-            return weights_hash(snapshot_download(name_or_path, local_files_only=local_only))
-        except Exception as e:  # not cached, not a hub id, unreachable...
-            logger.debug("no snapshot of %s (local_files_only=%s): %s", name_or_path, local_only, e)
-    logger.warning("model %s has no local files to hash; its cache key uses the id only", name_or_path)
+    if (fp := hub_fingerprint(name_or_path)) is not None:
+        return fp
+    logger.warning("model %s has no known hub revision; its cache key uses the id only", name_or_path)
     return stable_hash({"hub_id": name_or_path})
 
 

@@ -25,7 +25,7 @@ from st_workflow.evaluation.benchmarks import (
 from st_workflow.evaluation.dumps import EvalDump, summarize
 from st_workflow.evaluation.embeddings import EmbeddingCache, model_hash
 from st_workflow.evaluation.evaluator import EvalSettings, RetrievalEvaluator
-from st_workflow.hashing import code_version, sha256_tree, stable_hash
+from st_workflow.hashing import benchmark_hash, code_version, stable_hash
 from st_workflow.manifest import Manifest, reusable
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _stage_key(
         where = (
             d if d is not None else (resolve_path(spec.path) if spec.kind == "local" and spec.path else None)
         )
-        content = sha256_tree(where) if where is not None and Path(where).is_dir() else None
+        content = benchmark_hash(where) if where is not None else None
         bench_ids[spec.name] = {"spec": spec.model_dump(mode="json"), "content": content}
     return stable_hash(
         {
@@ -244,9 +244,20 @@ def evaluate_stage(
         metrics=metrics,
         config_hash=cfg.section_hash("evaluation"),
         code_version=code_version("evaluation", "models"),
-        # A skip may be transient (Hub down): such a manifest is never reused as is. With the Hub switched off
-        # (HF_HUB_OFFLINE=1, part of the key) a Hub benchmark's skip is what every run gets, so it is reused.
-        cache_key="" if (skipped and not hub_offline()) or skipped_models else key,
+        cache_key=key,
+        # A Hub benchmark's skip may be transient (Hub down), and so may a baseline's: such a manifest is
+        # incomplete, never reused. With the Hub switched off (HF_HUB_OFFLINE=1, part of the key) the skip is what
+        # every run gets, and a missing local/pipeline directory is in the key: those are complete.
+        incomplete={}
+        if hub_offline()
+        else {
+            **{
+                f"benchmark:{s.name}": skipped[s.name]
+                for s, _ in specs
+                if s.kind in ("hf", "nanobeir") and s.name in skipped
+            },
+            **{f"model:{k}": v for k, v in skipped_models.items()},
+        },
     )
     manifest.write()
     return manifest

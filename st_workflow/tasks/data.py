@@ -132,7 +132,13 @@ def generate_pairs_task(
     return m
 
 
-@task(name="pair-gates", cache_policy=_LLM_CACHE, persist_result=True)
+@task(
+    name="pair-gates",
+    cache_policy=ManifestCachePolicy(
+        sections=("generation",), code=("stage2_generation",), benchmarks=("benchmark_dirs",)
+    ),
+    persist_result=True,
+)
 def pair_gates_task(
     cfg: PipelineConfig,
     generated: Manifest,
@@ -157,7 +163,7 @@ def pair_gates_task(
 
 @task(
     name="assemble-pairs",
-    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("pairset", "leakage", "near_duplicates")),
+    cache_policy=ManifestCachePolicy(sections=("pairs",), code=("pairset",), benchmarks=("benchmark_dirs",)),
     persist_result=True,
 )
 def assemble_pairs_task(
