@@ -2,14 +2,19 @@
 
 Mines hard negatives (``mining.enabled``), pre-tokenizes (dropping rows of ``hf``/``local``/``beir`` sources that
 leak into the hold-out or a local benchmark) if needed, then trains (one process, or torchrun with N processes)
-without Prefect. The pairs come from the run directory (``<run dir>/pairs/manifest.json``, written by the
-pipeline) or from ``--pairs``: any Parquet / JSONL / CSV file with ``anchor`` and ``positive`` columns (a
-``schemas.PAIR_SCHEMA`` file included).
+without Prefect. The pairs come from the run directory (``<run dir>/pairs/manifest.json``) or from ``--pairs``:
+any Parquet / JSONL / CSV file with ``anchor`` and ``positive`` columns (a ``schemas.PAIR_SCHEMA`` file included).
+
+Like ``make``, the command builds what it needs upstream: when the run has no (intact) pairs dataset it first runs
+the ``stage2-data`` flow (ingest -> hold-out benchmark -> natural pairs -> LLM stages -> pairs) on Prefect (the
+ephemeral local API unless ``PREFECT_API_URL`` is set), whose cached tasks reuse every stage that is up to date,
+and prints what each stage did. ``--no-build`` fails instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,6 +98,42 @@ def _first_row_keys(path: Path) -> list[str]:
     return [c.strip() for c in first.split("\t" if path.suffix.lower() == ".tsv" else ",")]
 
 
+def _existing_pairs(cfg: PipelineConfig) -> Manifest | None:
+    """The run's pairs dataset when it is there and intact (outputs match the manifest)."""
+    from st_workflow.manifest import MANIFEST_NAME, Manifest
+
+    path = cfg.stage_dir("pairs") / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    m = Manifest.read(path)
+    return m if m.is_valid() else None
+
+
+def build_upstream(config: str, overrides: list[str], cfg: PipelineConfig) -> Manifest:
+    """Run the ``stage2-data`` flow (its cached tasks reuse what is up to date) and return the pairs manifest,
+    printing what each stage did."""
+    where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local API"
+    print(
+        f"no pairs dataset at {cfg.stage_dir('pairs')}: building it with the stage2-data flow (ingest -> hold-out "
+        f"benchmark -> natural pairs -> LLM stages -> pairs) on {where}, reusing what is up to date",
+        flush=True,
+    )
+    ex = cfg.generation.execution
+    if cfg.generation.endpoint.configured:
+        from st_workflow.deployments import ensure_llm_concurrency_limit
+
+        ensure_llm_concurrency_limit(ex.prefect_concurrency_limit, ex.concurrency)
+    from st_workflow.flows.stage2_data import stage2_data_flow
+
+    data = stage2_data_flow(config_path=config, overrides=list(overrides))
+    for rec in data["stages"]:
+        counts = ", ".join(f"{k} {v}" for k, v in list((rec.get("counts") or {}).items())[:4])
+        note = rec.get("note") or ""
+        detail = "; ".join(x for x in (counts, note) if x)
+        print(f"  {rec['stage']}: {rec['status']}" + (f" ({detail})" if detail else ""), flush=True)
+    return data["pairs"]
+
+
 def _guard_targets(cfg: PipelineConfig) -> list[dict]:
     """The benchmarks training sources must not leak into (what the flows pass): the built hold-out, when this
     run directory has one, and every local benchmark."""
@@ -113,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         args.overrides.append(f"training.checkpoints.resume_from={args.resume}")
     cfg = config_from_args(args)
-    from st_workflow.manifest import Manifest
+    from st_workflow.locks import StageLocked
     from st_workflow.training import (
         TrainingCancelled,
         TrainingFailed,
@@ -128,16 +169,19 @@ def _train(args: argparse.Namespace) -> int:
         pairs = pairs_from_file(Path(args.pairs), cfg.stage_dir("pairs-file"))
         print(f"pairs: {pairs.counts['pairs']} rows from {args.pairs}", flush=True)
     elif needs_pipeline_pairs:
-        manifest = cfg.stage_dir("pairs") / "manifest.json"
-        if not manifest.is_file():
+        pairs = _existing_pairs(cfg)
+        if pairs is None and args.no_build:
             print(
-                f"st-workflow train: no pairs dataset at {manifest}.\n"
-                f"Run the pipeline first (`st-workflow run {args.config}`, which ingests the sources and builds the "
-                "pairs), or pass --pairs FILE.parquet (any file with anchor/positive columns).",
+                f"st-workflow train: no pairs dataset at {cfg.stage_dir('pairs')} and --no-build was given.\n"
+                f"Build it with `st-workflow run --flow stage2-data {args.config}` (or drop --no-build), or pass "
+                "--pairs FILE.parquet (any file with anchor/positive columns).",
                 file=sys.stderr,
             )
             return 2
-        pairs = Manifest.read(manifest)
+        if pairs is None:
+            pairs = build_upstream(args.config, args.overrides, cfg)
+        else:
+            print(f"pairs: reusing {pairs.path('pairs')} ({pairs.counts.get('pairs', '?')} rows)", flush=True)
     mined = None
     if cfg.mining.enabled and (pairs is not None or cfg.mining.sources):
         print(f"mining hard negatives with {cfg.mining.model or cfg.training.base_model}", flush=True)
@@ -164,6 +208,13 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingCancelled as e:
         print(f"st-workflow train: {e}", file=sys.stderr)
         return 130
+    except StageLocked as e:
+        print(
+            f"st-workflow train: {e}\nWait for it, or raise training.launch.lock_timeout_s "
+            "(unset waits until it ends).",
+            file=sys.stderr,
+        )
+        return 3
     metrics = m.metrics
     print(f"model: {m.path('model')}")
     print(
@@ -183,6 +234,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--pairs", default=None, metavar="FILE", help="train on this pairs file instead of the run's pairs"
+    )
+    p.add_argument(
+        "--no-build",
+        action="store_true",
+        help="fail when the run has no pairs dataset instead of building it (the stage2-data flow)",
     )
     p.add_argument(
         "--resume",

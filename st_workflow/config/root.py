@@ -68,6 +68,16 @@ class PipelineConfig(StrictModel):
                 raise ValueError(f"{what}: duplicate names {dupes}")
         return self
 
+    @model_validator(mode="after")
+    def _push_needs_the_hub(self) -> PipelineConfig:
+        # Fail at load, not hours later at the push task: an offline run can never upload.
+        if self.hf_offline and self.training.hub.push:
+            raise ValueError(
+                "training.hub.push is true but hf_offline is true: a push needs the Hub "
+                "(set hf_offline: false, or training.hub.push: false)"
+            )
+        return self
+
     @property
     def run_dir(self) -> Path:
         """``<runs_dir>/<run_name>`` as an absolute path."""
@@ -85,4 +95,5 @@ class PipelineConfig(StrictModel):
     def section_hash(self, *sections: str) -> str:
         """Hash of the named top-level sections (plus the seed): the config part of a stage's cache key."""
         data = self.model_dump(mode="json")
+        data["training"].pop("hub", None)  # where the model is published changes no stage's output
         return stable_hash({"seed": self.seed, **{s: data[s] for s in sections}})

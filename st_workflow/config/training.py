@@ -202,6 +202,13 @@ class LaunchConfig(StrictModel):
     """Seconds between SIGTERM and SIGKILL when the process group is stopped."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend; auto is nccl on GPU, gloo on CPU."""
+    lock_timeout_s: float | None = Field(default=None, ge=0)
+    """Seconds to wait for another run that is training into the same run directory (it holds
+    ``<run>/train/.commit.lock``); unset: wait until it ends, 0: fail at once. The error names the holder."""
+    env_passthrough: list[str] = Field(default_factory=list)
+    """Extra environment variables (``fnmatch`` patterns such as ``AWS_*``) the training processes may see, on top
+    of the allow-list of :func:`st_workflow.training.launcher.launch_env`; every other variable of the caller (API
+    keys, tokens) stays out of the torchrun ranks."""
 
 
 class BinarizationConfig(StrictModel):
@@ -241,11 +248,12 @@ class CheckpointConfig(StrictModel):
     save_steps: PositiveInt | None = None
     """Save every N optimizer steps; unset: only the final model."""
     save_total_limit: PositiveInt | None = 3
-    """Keep at most this many checkpoints."""
+    """Keep at most this many checkpoints per configuration (``<train dir>/checkpoints/<key>/``, one directory
+    per training cache key); checkpoints of other configurations are never deleted."""
     resume_from: str | None = "auto"
     """``auto``: resume from the latest checkpoint written under the same cache key (a retried or cancelled run
-    continues); ``latest``: the latest checkpoint in the stage directory; a path: that checkpoint; unset: start
-    fresh."""
+    continues); ``latest``: the most recently written checkpoint of any configuration in the stage directory; a
+    path: that checkpoint; unset: start fresh (this configuration's earlier checkpoints are replaced)."""
 
 
 class InTrainingEvalConfig(StrictModel):
@@ -271,22 +279,44 @@ class InTrainingEvalConfig(StrictModel):
 
 
 class HubConfig(StrictModel):
-    """Optional push of the final model to the Hugging Face Hub."""
+    """Optional push of the promoted model (and the pairs dataset) to the Hugging Face Hub, after promotion.
+
+    The push is its own task with its own retries: a failed upload never re-runs training. The endpoint is
+    ``HF_ENDPOINT`` (the Hub by default); the run must be online (``hf_offline`` false).
+    """
 
     push: bool = False
-    """Push after training."""
+    """Upload ``<run>/promoted`` (whatever promotion chose, not necessarily the final model) after promotion."""
     repo_id: str | None = None
-    """Target repository."""
+    """Target model repository (``namespace/name``)."""
     private: bool = True
-    """Create the repository as private."""
+    """Create the repositories as private (an existing repository keeps its visibility)."""
     token: SecretRef = Field(default_factory=lambda: SecretRef(env="HF_TOKEN"))
-    """Hub token."""
+    """Hub token with write access to the repositories' namespaces; never logged or stored."""
+    push_dataset: bool = False
+    """Also push the run's pairs dataset (Parquet + a dataset card) to ``dataset_repo_id``; the model card links it."""
+    dataset_repo_id: str | None = None
+    """Target dataset repository (``namespace/name``); required with ``push_dataset``."""
+    dataset_license: str = "other"
+    """Hub license id in the dataset card. The pairs are texts of the ingested sources (NASA CMR and PDS metadata,
+    arXiv titles and abstracts under their authors' licenses), so the default says "other" and the card names them."""
+    retries: NonNegInt = 3
+    """Retries of the push task after a transient error (network, timeout, HTTP 408/429/5xx); 401/403/404 and
+    offline mode fail at once."""
+    retry_delay_s: float = Field(default=30.0, ge=0)
+    """Delay before the first retry; each next one waits 4x longer (30 s, 2 min, 8 min by default)."""
 
     @model_validator(mode="after")
     def _repo_when_pushing(self) -> HubConfig:
         if self.push and not self.repo_id:
             raise ValueError("training.hub.push is true but training.hub.repo_id is not set")
+        if self.push and self.push_dataset and not self.dataset_repo_id:
+            raise ValueError("training.hub.push_dataset is true but training.hub.dataset_repo_id is not set")
         return self
+
+    def retry_delays(self) -> list[float]:
+        """The push task's delay before each retry (exponential backoff)."""
+        return [self.retry_delay_s * 4**i for i in range(self.retries)]
 
 
 class TrainingConfig(StrictModel):

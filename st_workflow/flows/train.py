@@ -13,8 +13,9 @@ from st_workflow.flows.common import (
     flat_metrics,
     guarded_benchmarks,
     load_flow_config,
-    require_manifest,
 )
+from st_workflow.flows.stage2_data import stage2_data_flow
+from st_workflow.log import get_logger
 from st_workflow.manifest import Manifest
 from st_workflow.tasks.model import (
     comparison_report_task,
@@ -23,7 +24,7 @@ from st_workflow.tasks.model import (
     mine_task,
     pretokenize_task,
     promote_task,
-    push_task,
+    push_promoted,
     run_report_task,
     train_task,
 )
@@ -42,15 +43,19 @@ def train_flow(
     evaluate them all with the base and the checkpoints, report, promote (``<run>/promoted``) and push.
 
     ``pairs`` and ``benchmark`` come from the ``stage2-data`` flow when the ``pipeline`` flow calls this one; a
-    deployment run reads them from the run directory instead.
+    deployment run reads them from the run directory instead, and builds them first (the ``stage2-data`` flow as a
+    subflow, whose cached tasks reuse what is up to date) when the run has none yet.
     """
     cfg = load_flow_config(config_path, overrides)
     clock = StageClock(started_at)
-    pairs = pairs or require_manifest(
-        cfg.stage_dir("pairs"),
-        "pairs dataset",
-        "run the stage2-data flow (or `st-workflow run CONFIG`) first",
-    )
+    pairs = pairs or existing_manifest(cfg.stage_dir("pairs"))
+    if pairs is None:
+        get_logger().info(
+            "no pairs dataset at %s: building it with the stage2-data flow first", cfg.stage_dir("pairs")
+        )
+        data = stage2_data_flow(config_path, overrides, started_at=clock.started_at)
+        pairs, benchmark = data["pairs"], data["benchmark"]
+        prior_stages = (prior_stages or []) + data["stages"]
     if benchmark is None and cfg.pairs.holdout.enabled:
         benchmark = existing_manifest(cfg.stage_dir("benchmark") / cfg.pairs.holdout.name)
 
@@ -77,7 +82,7 @@ def train_flow(
         links.update(comparison_report_task(cfg, evaluation, list(models)))
         links["promoted"] = decision["link"]
         if cfg.training.hub.push:
-            links["hub"] = push_task(cfg, decision)
+            links.update(push_promoted(cfg, decision, pairs))
     else:
         clock.skipped("eval", "evaluation.enabled is false")
     if trained is not None:

@@ -25,7 +25,7 @@ from st_workflow.tasks.caching import ManifestCachePolicy, transient_error
 @task(
     name="pretokenize",
     cache_policy=ManifestCachePolicy(
-        sections=("training", "pairs"), code=("training", "leakage", "near_duplicates")
+        sections=("training", "pairs"), code=("training",), benchmarks=("guard_targets",)
     ),
     persist_result=True,
 )
@@ -76,7 +76,9 @@ def interpolate_task(cfg: PipelineConfig, trained: Manifest) -> Manifest | None:
 
 @task(
     name="train",
-    cache_policy=ManifestCachePolicy(sections=("training", "wandb"), code=("training",)),
+    cache_policy=ManifestCachePolicy(
+        sections=("training", "wandb"), code=("training",), benchmarks=("benchmark",)
+    ),
     persist_result=True,
     retries=1,
     retry_delay_seconds=30,
@@ -109,7 +111,9 @@ def train_task(
 
 @task(
     name="evaluate",
-    cache_policy=ManifestCachePolicy(sections=("evaluation",), code=("evaluation", "models")),
+    cache_policy=ManifestCachePolicy(
+        sections=("evaluation",), code=("evaluation",), benchmarks=("benchmarks",)
+    ),
     persist_result=True,
 )
 def evaluate_task(
@@ -192,17 +196,47 @@ def promote_task(cfg: PipelineConfig, evaluation: Manifest, candidates: dict[str
     name="push-to-hub",
     cache_policy=NO_CACHE,
     retries=3,
-    retry_delay_seconds=[30, 120, 600],
+    retry_delay_seconds=[30, 120, 480],
     retry_condition_fn=transient_error,
 )
-def push_task(cfg: PipelineConfig, promoted: dict[str, Any]) -> str:
-    """Upload the promoted model (``<run>/promoted``) to ``training.hub.repo_id``; only the upload is retried."""
-    from st_workflow.training.hub import push_model
+def push_task(cfg: PipelineConfig, promoted: dict[str, Any], pairs: Manifest | None = None) -> dict[str, str]:
+    """Upload the promoted model (``<run>/promoted``) to ``training.hub.repo_id``, and with
+    ``training.hub.push_dataset`` the pairs dataset first (the model card links it); only the upload is retried.
 
-    get_logger().info(banner(f"push {promoted['promoted']} to {cfg.training.hub.repo_id}"))
-    url = push_model(cfg, Path(promoted.get("link") or promoted["path"]))
-    publish_link("hub-model", url, cfg.training.hub.repo_id or url, "Promoted model on the Hugging Face Hub")
-    return url
+    Returns the links (``hub``, ``hub-dataset``). Call it through :func:`push_promoted`, which applies the
+    configured retries.
+    """
+    from st_workflow.training.hub import push_dataset, push_model
+
+    hub = cfg.training.hub
+    log = get_logger()
+    links: dict[str, str] = {}
+    dataset_repo = None
+    if hub.push_dataset:
+        if pairs is None:
+            raise ValueError("training.hub.push_dataset is set but the run has no pairs dataset to push")
+        log.info(banner(f"push the pairs dataset to {hub.dataset_repo_id}"))
+        links["hub-dataset"] = push_dataset(cfg, pairs)
+        dataset_repo = hub.dataset_repo_id
+        publish_link(
+            "hub-dataset", links["hub-dataset"], str(dataset_repo), "Pairs dataset on the Hugging Face Hub"
+        )
+    log.info(banner(f"push {promoted['promoted']} to {hub.repo_id}"))
+    links["hub"] = push_model(cfg, Path(promoted.get("link") or promoted["path"]), dataset_repo=dataset_repo)
+    publish_link(
+        "hub-model", links["hub"], hub.repo_id or links["hub"], "Promoted model on the Hugging Face Hub"
+    )
+    return links
+
+
+def push_promoted(
+    cfg: PipelineConfig, promoted: dict[str, Any], pairs: Manifest | None = None
+) -> dict[str, str]:
+    """Run :func:`push_task` with ``training.hub.retries`` and its exponential ``retry_delay_s`` (inside a flow)."""
+    hub = cfg.training.hub
+    return push_task.with_options(retries=hub.retries, retry_delay_seconds=hub.retry_delays())(
+        cfg, promoted, pairs
+    )
 
 
 @task(name="run-report", cache_policy=NO_CACHE)

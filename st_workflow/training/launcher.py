@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fnmatch
 import os
 import queue
 import re
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from st_workflow.config.training import LaunchConfig
@@ -95,15 +96,90 @@ def build_command(
     return cmd + worker
 
 
-def launch_env(launch: LaunchConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of the launched processes: threads per process, unbuffered output, plus ``extra``.
+# What training needs from the caller's environment; everything else (OPENAI_API_KEY, EARTHDATA_TOKEN, Prefect
+# and cloud credentials...) stays out of the ranks. torchrun sets MASTER_*, RANK, WORLD_SIZE... itself.
+ENV_ALLOW = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "PYTHON*",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "CUDA*",
+    "NVIDIA_*",
+    "NCCL*",
+    "GLOO*",
+    "TORCH*",
+    "PYTORCH*",
+    "TRITON*",
+    "OMP_*",
+    "MKL*",
+    "KMP_*",
+    "OPENBLAS*",
+    "HF_*",
+    "HUGGINGFACE_*",
+    "TRANSFORMERS_*",
+    "SENTENCE_TRANSFORMERS_*",
+    "TOKENIZERS_PARALLELISM",
+    "DISABLE_MLFLOW_INTEGRATION",
+    "WANDB_*",
+    "ST_WORKFLOW_*",
+    "COVERAGE_*",
+    # Downloads (Hub, W&B uploads) behind a proxy or a private CA.
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)
 
-    A W&B service started by the caller (``WANDB_SERVICE``) is not inherited: the training process group owns its
-    own service, so a killed run never leaves its run id registered in a service that outlives it (a resumed run
-    with that id would be refused as "in use").
+
+def env_allowed(name: str, extra: Sequence[str] = ()) -> bool:
+    """True when the variable ``name`` may reach the training processes (:data:`ENV_ALLOW` plus ``extra``).
+
+    Example:
+        >>> env_allowed("CUDA_VISIBLE_DEVICES"), env_allowed("OPENAI_API_KEY"), env_allowed("AWS_REGION", ["AWS_*"])
+        (True, False, True)
     """
-    env = dict(os.environ)
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in (*ENV_ALLOW, *extra))
+
+
+def launch_env(
+    launch: LaunchConfig, extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Environment of the launched processes: the allowed part of ``base`` (default ``os.environ``), threads per
+    process, unbuffered output, plus ``extra``.
+
+    Only :data:`ENV_ALLOW` and ``launch.env_passthrough`` pass, so the API keys and tokens of the ingest and LLM
+    stages never reach a torchrun rank (which may run user code such as a custom loss, or dump its environment in
+    a crash report). A W&B service started by the caller (``WANDB_SERVICE``) is not inherited: the training process
+    group owns its own service, so a killed run never leaves its run id registered in a service that outlives it
+    (a resumed run with that id would be refused as "in use"). Nor is ``WANDB_API_KEY``: an online run gets the
+    resolved key in ``extra``.
+    """
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if env_allowed(k, launch.env_passthrough)}
     env.pop("WANDB_SERVICE", None)
+    # The W&B key arrives in ``extra`` when the run is online (the resolved secret); offline or disabled it is moot.
+    env.pop("WANDB_API_KEY", None)
     threads = launch.omp_num_threads or max(1, (os.cpu_count() or 1) // launch.nproc_per_node)
     env["OMP_NUM_THREADS"] = str(threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

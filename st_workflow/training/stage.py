@@ -6,13 +6,22 @@ from checkpoints written under the same key (``training.checkpoints.resume_from:
 runs one process or torchrun in a process group it owns (:mod:`st_workflow.training.launcher`), and returns the
 manifest with role ``model`` (the final sentence-transformers model with ``lineage.json`` and its card) and role
 ``checkpoints`` when any were kept.
+
+Each configuration keeps its checkpoints in ``checkpoints/<key[:16]>/`` (``save_total_limit`` applies there), so
+changing the config and changing it back resumes rather than retrains, and no run deletes another configuration's
+checkpoints. The stage holds the stage lock (:func:`st_workflow.locks.stage_lock`) from the reuse check to the
+manifest: two runs sharing a run directory (the ``train`` and ``pipeline`` deployments) train one after the other,
+and the second reuses the first's model when their keys match.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import sys
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -22,6 +31,7 @@ from st_workflow import atomic
 from st_workflow.config import PipelineConfig
 from st_workflow.hashing import code_version, sha256_tree, stable_hash
 from st_workflow.lineage import collect_lineage
+from st_workflow.locks import stage_lock
 from st_workflow.log import get_logger
 from st_workflow.manifest import Manifest, reusable
 from st_workflow.training.launcher import TrainingFailed, build_command, launch_env, run_process_group
@@ -31,6 +41,8 @@ from st_workflow.training.worker import SourceSpec, TrainJob
 
 STAGE = "train"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+KEY_DIR_LEN = 16
+"""Characters of the cache key that name a configuration's checkpoint directory."""
 
 
 @cache
@@ -39,10 +51,12 @@ def _model_fingerprint(path: str, mtime: float) -> str:
 
 
 def model_fingerprint(model_path: str) -> str:
-    """Content hash of a local model directory (a hub id hashes as its name)."""
+    """Content hash of a local model directory; a hub id: its resolved commit (its name when that is unknown)."""
     p = Path(model_path)
     if not p.is_dir():
-        return stable_hash({"hub_id": model_path})
+        from st_workflow.models.resolve import hub_fingerprint
+
+        return hub_fingerprint(model_path) or stable_hash({"hub_id": model_path})
     return _model_fingerprint(str(p), max(q.stat().st_mtime for q in p.rglob("*") if q.is_file()))
 
 
@@ -53,7 +67,7 @@ def train_key(
     training = cfg.training.model_dump(
         mode="json",
         exclude={
-            "launch": {"timeout_s", "kill_grace_s", "extra_args"},
+            "launch": {"timeout_s", "kill_grace_s", "extra_args", "lock_timeout_s", "env_passthrough"},
             "checkpoints": {"resume_from"},
             "hub": True,
             "interpolation": True,
@@ -98,31 +112,81 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(resume_from: str | None, ckpt_dir: Path, key: str) -> Path | None:
+def key_checkpoint_dir(train_dir: Path, key: str) -> Path:
+    """Where the configuration with cache key ``key`` writes its checkpoints."""
+    return train_dir / "checkpoints" / key[:KEY_DIR_LEN]
+
+
+def migrate_flat_checkpoints(root: Path) -> None:
+    """Move checkpoints of the old flat layout (``checkpoints/checkpoint-N`` + ``.cache_key``) into their key's
+    directory, so that upgrading keeps them instead of losing them on the next fresh start."""
+    flat = [p for p in root.glob("checkpoint-*") if p.is_dir()] if root.is_dir() else []
+    if not flat:
+        return
+    key_file = root / ".cache_key"
+    old_key = key_file.read_text(encoding="utf-8").strip() if key_file.is_file() else ""
+    target = root / (old_key[:KEY_DIR_LEN] if old_key else "unknown-key")
+    target.mkdir(parents=True, exist_ok=True)
+    for p in flat:
+        if not (target / p.name).exists():
+            os.replace(p, target / p.name)
+    if old_key:
+        os.replace(key_file, target / ".cache_key")
+
+
+def checkpoint_sets(root: Path) -> dict[str, list[Path]]:
+    """Complete checkpoints of every configuration under ``root`` (``checkpoints/``), by key directory name."""
+    if not root.is_dir():
+        return {}
+    sets = {d.name: complete_checkpoints(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    return {k: v for k, v in sets.items() if v}
+
+
+def resolve_resume(resume_from: str | None, root: Path, key: str) -> Path | None:
     """The checkpoint to resume from (see ``training.checkpoints.resume_from``), or ``None`` to start fresh.
+
+    ``root`` is ``<train dir>/checkpoints``, holding one directory per configuration.
 
     Raises:
         FileNotFoundError: a named checkpoint does not exist or is incomplete.
     """
     if resume_from is None:
         return None
-    key_file = ckpt_dir / ".cache_key"
-    same_key = key_file.is_file() and key_file.read_text(encoding="utf-8").strip() == key
     if resume_from == "auto":
-        done = complete_checkpoints(ckpt_dir) if same_key else []
+        own = root / key[:KEY_DIR_LEN]
+        key_file = own / ".cache_key"
+        same_key = key_file.is_file() and key_file.read_text(encoding="utf-8").strip() == key
+        done = complete_checkpoints(own) if same_key else []
         return done[-1] if done else None
     if resume_from == "latest":
-        done = complete_checkpoints(ckpt_dir)
+        done = [c for cs in checkpoint_sets(root).values() for c in cs]
         if not done:
             get_logger().warning(
-                "resume_from=latest but %s holds no complete checkpoint; starting fresh", ckpt_dir
+                "resume_from=latest but %s holds no complete checkpoint; starting fresh", root
             )
             return None
-        return done[-1]
+        return max(
+            done, key=lambda c: ((c / "trainer_state.json").stat().st_mtime, int(c.name.split("-")[1]))
+        )
     p = Path(resume_from).expanduser().resolve()
     if not (p / "trainer_state.json").is_file():
         raise FileNotFoundError(f"training.checkpoints.resume_from: {p} is not a complete checkpoint")
     return p
+
+
+def _lock_owner(cfg: PipelineConfig) -> str:
+    """What this training is, for a run that has to wait for it: the run, and the Prefect flow run if any."""
+    owner = f"train stage of run {cfg.run_name!r}"
+    if "prefect" in sys.modules:  # only look when Prefect is in use: the CLI trains without it
+        try:
+            from prefect.context import FlowRunContext
+
+            ctx = FlowRunContext.get()
+        except Exception:  # a name for a log line is never worth a failure
+            ctx = None
+        if ctx is not None and ctx.flow_run is not None:
+            owner += f", Prefect flow run {ctx.flow_run.name!r} ({ctx.flow_run.id})"
+    return owner + (f", {Path(sys.argv[0]).name} {' '.join(sys.argv[1:2])}".rstrip() if sys.argv[:1] else "")
 
 
 def _source_specs(cfg: PipelineConfig, pretok_manifest: Manifest) -> list[SourceSpec]:
@@ -197,33 +261,96 @@ def train_stage(
         TrainingCancelled / TrainingTimeout: stopped on request, by a signal or by ``launch.timeout_s``.
     """
     from st_workflow.models import resolve_model
-    from st_workflow.training import tracking
 
     log = get_logger()
     sink = log_sink or log.info
     if pretok_manifest is None:
         pretok_manifest = pretokenize_stage(cfg, pairs_manifest)
-    t = cfg.training
     out = cfg.stage_dir(STAGE)
-    model_path = resolve_model(t.base_model, cfg.cache_path)
+    model_path = resolve_model(cfg.training.base_model, cfg.cache_path)
     key = train_key(cfg, pairs_manifest, pretok_manifest, model_fingerprint(model_path))
     hit = reusable(out, key)
     if hit is not None:
         log.info("train: reusing %s (cache key %s)", hit.path("model"), key[:12])
         return hit
+    # Multi-node: the nodes of one job may share this directory (network storage) and must not wait for each
+    # other (they meet in the rendezvous), so each host takes its own lock; single-node takes the stage's.
+    multi_node = str(cfg.training.launch.nnodes) != "1"
+    lock_dir = out / ".node-locks" / socket.gethostname() if multi_node else out
+    with stage_lock(
+        lock_dir,
+        timeout_s=cfg.training.launch.lock_timeout_s,
+        owner=_lock_owner(cfg),
+        on_wait=lambda m: sink(m),
+    ):
+        hit = reusable(out, key)
+        if hit is not None:
+            sink(f"train: the run that held the lock trained this configuration; reusing {hit.path('model')}")
+            return hit
+        return _train_locked(
+            cfg, pairs_manifest, pretok_manifest, out, key, model_path, sink, should_cancel, eval_benchmarks
+        )
 
-    out.mkdir(parents=True, exist_ok=True)
-    specs = _source_specs(cfg, pretok_manifest)
-    ckpt_dir = out / "checkpoints"
-    trace_dir = out / "trace"
-    resume = resolve_resume(t.checkpoints.resume_from, ckpt_dir, key)
+
+def _checkpoint_plan(cfg: PipelineConfig, out: Path, key: str, sink: Callable[[str], None]) -> dict[str, Any]:
+    """Pick the checkpoint to resume from and clear only this configuration's stale ones; say what is reused."""
+    root = out / "checkpoints"
+    migrate_flat_checkpoints(root)
+    ckpt_dir = key_checkpoint_dir(out, key)
+    resume = resolve_resume(cfg.training.checkpoints.resume_from, root, key)
+    others = {k: [c.name for c in v] for k, v in checkpoint_sets(root).items() if k != ckpt_dir.name}
+    reused: list[str] = []
     if resume is None:
-        for d in (ckpt_dir, trace_dir):
-            shutil.rmtree(d, ignore_errors=True)
+        # Only this configuration's (partial, or unwanted by resume_from: null) checkpoints; never another's.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(out / "trace", ignore_errors=True)
+        sink(f"checkpoints: starting fresh in {ckpt_dir}")
     else:
-        sink(f"resuming from {resume}")
+        if resume.resolve().parent == ckpt_dir.resolve():
+            step = int(resume.name.split("-")[1])
+            reused = [c.name for c in complete_checkpoints(ckpt_dir) if int(c.name.split("-")[1]) <= step]
+        sink(
+            f"resuming from {resume}"
+            + (f" (reusing {', '.join(reused)} of this configuration)" if reused else "")
+        )
+    if others:
+        listed = "; ".join(f"{k}: {', '.join(v)}" for k, v in others.items())
+        sink(f"checkpoints of {len(others)} other configuration(s) kept in {root}: {listed}")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(ckpt_dir / ".cache_key", key)
+    return {
+        "dir": ckpt_dir,
+        "resume": resume,
+        "metrics": {
+            "directory": ckpt_dir.relative_to(out).as_posix(),
+            "key": ckpt_dir.name,
+            "resumed_from": str(resume) if resume else None,
+            "reused": reused,
+            "other_configurations": others,
+        },
+    }
+
+
+def _train_locked(
+    cfg: PipelineConfig,
+    pairs_manifest: Manifest | None,
+    pretok_manifest: Manifest,
+    out: Path,
+    key: str,
+    model_path: str,
+    sink: Callable[[str], None],
+    should_cancel: Callable[[], bool] | None,
+    eval_benchmarks: Mapping[str, str | Path] | None,
+) -> Manifest:
+    """The part of :func:`train_stage` that runs under the stage lock: launch, then the manifest."""
+    from st_workflow.training import tracking
+
+    t = cfg.training
+    out.mkdir(parents=True, exist_ok=True)
+    specs = _source_specs(cfg, pretok_manifest)
+    trace_dir = out / "trace"
+    plan = _checkpoint_plan(cfg, out, key, sink)
+    ckpt_dir, resume = plan["dir"], plan["resume"]
 
     mode = tracking.resolve_mode(cfg.wandb)
     if resume is None:
@@ -284,10 +411,14 @@ def train_stage(
     result: dict[str, Any] = json.loads(result_file.read_text(encoding="utf-8"))
     files: dict[str, Any] = {"model": "model", "result": "result.json"}
     if any(ckpt_dir.glob("checkpoint-*")):
-        files["checkpoints"] = "checkpoints"
+        files["checkpoints"] = plan["metrics"]["directory"]
     if t.trace_batches and trace_dir.is_dir():
         files["trace"] = "trace"
     metrics = {k: v for k, v in result.items() if k != "log_history"}
+    metrics["checkpoints"] = {
+        **plan["metrics"],
+        "kept": [p.name for p in complete_checkpoints(ckpt_dir)],
+    }
     manifest = Manifest.build(
         stage=STAGE,
         directory=out,

@@ -69,6 +69,23 @@ def _dist_env() -> tuple[int, int, int]:
     )
 
 
+def finished_checkpoint(checkpoint: str | None) -> bool:
+    """Whether ``checkpoint`` was written at its run's last optimizer step (its ``trainer_state.json`` says so).
+
+    Example:
+        >>> finished_checkpoint(None)
+        False
+    """
+    if not checkpoint:
+        return False
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    max_steps = state.get("max_steps") or 0
+    return max_steps > 0 and int(state.get("global_step") or 0) >= int(max_steps)
+
+
 def resolve_precision(choice: str, use_cuda: bool) -> str:
     """What ``training.precision`` means on this device: ``fp32``, ``bf16`` or ``fp16`` autocast.
 
@@ -321,7 +338,20 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         + (f", resuming from {job.resume_from}" if job.resume_from else "")
     )
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=job.resume_from)
+    if finished_checkpoint(job.resume_from):
+        # Hugging Face's loop checks ``should_training_stop`` only after a step, so resuming a checkpoint taken at
+        # the last step would train one step too many. That checkpoint already is the trained model.
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        trainer._load_from_checkpoint(job.resume_from)
+        trainer.state = TrainerState.load_from_json(str(Path(job.resume_from) / "trainer_state.json"))
+        logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        output = TrainOutput(trainer.state.global_step, sum(logged) / len(logged) if logged else 0.0, {})
+        progress.t0, progress.step0 = t0, trainer.state.global_step  # this run trained no step
+        say(f"checkpoint {job.resume_from} is at the last step ({trainer.state.global_step}): nothing left to train")
+    else:
+        output = trainer.train(resume_from_checkpoint=job.resume_from)
     wall = time.perf_counter() - t0
     state = trainer.state
     if rank != 0:

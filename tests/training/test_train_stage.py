@@ -135,9 +135,16 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
     _, ref, _ = reference
     cfg = _ref_config(tmp_path, test_cache_dir, "resume", wandb_mode="offline")
     train_dir = cfg.stage_dir("train")
-    ckpt4 = train_dir / "checkpoints" / "checkpoint-4"
-    with pytest.raises(TrainingCancelled):
-        train_stage(cfg, pairs_manifest, None, should_cancel=lambda: (ckpt4 / ".complete").is_file())
+    with pytest.raises(
+        TrainingCancelled
+    ):  # checkpoints live under the configuration's key: checkpoints/<key>/
+        train_stage(
+            cfg,
+            pairs_manifest,
+            None,
+            should_cancel=lambda: any(train_dir.glob("checkpoints/*/checkpoint-4/.complete")),
+        )
+    (ckpt4,) = [p.parent for p in train_dir.glob("checkpoints/*/checkpoint-4/.complete")]
     assert processes_mentioning(str(train_dir / "job.json")) == []  # cancellation leaves no process behind
     assert not (train_dir / "model").exists() and not (train_dir / "manifest.json").exists()
     run_id = (train_dir / "wandb_run_id.txt").read_text()
@@ -298,9 +305,9 @@ def test_cli_trains_a_bat_model_from_any_pairs_file(
             }
         )
     )
-    assert main(["train", str(conf)]) == 2
+    assert main(["train", str(conf), "--no-build"]) == 2
     err = capsys.readouterr().err
-    assert "no pairs dataset" in err and "st-workflow run" in err and "--pairs" in err
+    assert "no pairs dataset" in err and "st-workflow run --flow stage2-data" in err and "--pairs" in err
     pq.write_table(
         pa.Table.from_pylist([{"anchor": r["anchor"], "positive": r["positive"]} for r in pair_rows[:60]]),
         tmp_path / "mine.parquet",
@@ -324,3 +331,20 @@ def test_cli_trains_a_bat_model_from_any_pairs_file(
     codes = load_binary_model(model_dir, device="cpu").encode(["sea ice", "mars rover"])
     assert set(codes.ravel().tolist()) == {-1.0, 1.0}
     assert "binary (±1) embeddings" in (model_dir / "README.md").read_text()
+
+
+def test_resuming_from_the_last_checkpoint_trains_no_further_step(
+    reference, pairs_manifest: Manifest, tmp_path: Path, test_cache_dir: Path
+) -> None:
+    """A run that died after its final checkpoint (before the model was saved) resumes to the same model, and
+    does not train the extra step Hugging Face's loop would take (it checks for the end only after a step)."""
+    _, ref, _ = reference
+    (last,) = [p.parent for p in ref.path("checkpoints").glob("checkpoint-8/.complete")]
+    cfg = _ref_config(tmp_path, test_cache_dir, "final")
+    cfg.training.checkpoints.resume_from = str(last)
+    lines: list[str] = []
+    m = train_stage(cfg, pairs_manifest, None, log_sink=lines.append)
+    assert m.metrics["global_step"] == 8 and m.counts["steps"] == 8
+    assert any("nothing left to train" in x for x in lines)
+    a, b = _weights(ref.path("model")), _weights(m.path("model"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
