@@ -349,7 +349,9 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         output = TrainOutput(trainer.state.global_step, sum(logged) / len(logged) if logged else 0.0, {})
         progress.t0, progress.step0 = t0, trainer.state.global_step  # this run trained no step
-        say(f"checkpoint {job.resume_from} is at the last step ({trainer.state.global_step}): nothing left to train")
+        say(
+            f"checkpoint {job.resume_from} is at the last step ({trainer.state.global_step}): nothing left to train"
+        )
     else:
         output = trainer.train(resume_from_checkpoint=job.resume_from)
     wall = time.perf_counter() - t0
