@@ -185,7 +185,7 @@ def train_check(
             f"training.max_steps={steps}",
             f"training.logging_steps={max(1, steps // 4)}",
             f"training.device={device}",
-            f"training.precision={'bf16' if device == 'cuda' else 'auto'}",
+            f"training.dtype={'bfloat16' if device == 'cuda' else 'auto'}",
             "training.sampler.strategy=proportional",
             "training.sampler.group_by_length=true",
             "training.checkpoints.resume_from=null",

@@ -151,6 +151,8 @@ def _guard_targets(cfg: PipelineConfig) -> list[dict]:
 def _train(args: argparse.Namespace) -> int:
     if args.nproc_per_node:
         args.overrides.append(f"training.launch.nproc_per_node={args.nproc_per_node}")
+    if args.dtype:
+        args.overrides.append(f"training.dtype={args.dtype}")
     if args.resume:
         args.overrides.append(f"training.checkpoints.resume_from={args.resume}")
     cfg = config_from_args(args)
@@ -231,6 +233,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument(
         "--nproc-per-node", type=int, default=None, metavar="N", help="processes (torchrun when N > 1)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default=None,
+        help="autocast dtype (default: the config's; 'auto': bf16 where the CPU or GPU computes it natively)",
     )
     p.add_argument(
         "--pairs", default=None, metavar="FILE", help="train on this pairs file instead of the run's pairs"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -344,10 +344,11 @@ class TrainingConfig(StrictModel):
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Autocast precision (master weights stay fp32). ``auto``: bf16 on GPUs that support it (else fp16) and on
-    CPUs with native bf16 units (``avx512_bf16``/``amx_bf16``, about 2x faster steps), fp32 on other CPUs; fp16
-    on a CPU runs fp32."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Autocast dtype of the forward and backward pass (master weights stay fp32), as ``evaluation.dtype`` and
+    ``mining.dtype``. ``auto``: bf16 on GPUs that support it (else fp16) and on CPUs with native bf16 units
+    (``avx512_bf16``/``amx_bf16``, about 2x faster steps), fp32 on other CPUs; float16 on a CPU runs fp32. The
+    former name ``precision`` (``fp32 | bf16 | fp16``) is still read."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device; auto picks CUDA when available."""
     pretokenize: bool = True
@@ -382,6 +383,18 @@ class TrainingConfig(StrictModel):
     """Keep the embeddings near the frozen base model's while training."""
     hub: HubConfig = Field(default_factory=HubConfig)
     """Hub push."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_is_dtype(cls, data: Any) -> Any:
+        # ``precision: bf16`` (the old name and values) reads as ``dtype: bfloat16``.
+        if isinstance(data, dict) and "precision" in data:
+            data = dict(data)
+            old = data.pop("precision")
+            new = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(old, old)
+            if data.setdefault("dtype", new) != new:
+                raise ValueError(f"training.precision={old!r} and training.dtype={data['dtype']!r} disagree")
+        return data
 
     @model_validator(mode="after")
     def _unique_sources(self) -> TrainingConfig:

@@ -87,7 +87,7 @@ def train_key(
         {
             "stage": STAGE,
             # auto means different autocasts on different hardware: the resolved one is part of the key.
-            "precision": resolve_precision(t.precision, use_cuda),
+            "precision": resolve_precision(t.dtype, use_cuda),
             "seed": cfg.seed,
             "run_name": cfg.run_name,
             "training": training,

@@ -87,13 +87,18 @@ def finished_checkpoint(checkpoint: str | None) -> bool:
 
 
 def resolve_precision(choice: str, use_cuda: bool) -> str:
-    """What ``training.precision`` means on this device: ``fp32``, ``bf16`` or ``fp16`` autocast.
+    """What ``training.dtype`` means on this device: ``fp32``, ``bf16`` or ``fp16`` autocast.
 
     ``auto`` is bf16 on GPUs that support it (else fp16) and on CPUs with native bf16 units (``avx512_bf16``,
     ``amx_bf16``: about 2x the fp32 step rate there), fp32 on other CPUs. fp16 on a CPU falls back to fp32.
+
+    Example:
+        >>> resolve_precision("float32", use_cuda=False)
+        'fp32'
     """
     import torch
 
+    choice = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(choice, choice)
     from st_workflow.models.dtype import cpu_has_fast_bf16
 
     if use_cuda:
@@ -191,7 +196,7 @@ def run(job: TrainJob) -> dict[str, Any] | None:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     device = f"cuda:{local_rank}" if use_cuda else "cpu"
-    precision = resolve_precision(t.precision, use_cuda)
+    precision = resolve_precision(t.dtype, use_cuda)
     backend = t.launch.backend if t.launch.backend != "auto" else ("nccl" if use_cuda else "gloo")
     transformers.set_seed(cfg.seed)
 

@@ -137,3 +137,14 @@ def test_section_hash_is_stable_and_sensitive() -> None:
     b = load_config(None, ["training.epochs=2"])
     assert a.section_hash("ingest") == b.section_hash("ingest")
     assert a.section_hash("training") != b.section_hash("training")
+
+
+def test_training_dtype_reads_the_old_precision_name_and_is_in_the_training_key() -> None:
+    from st_workflow.config import ConfigError, load_config
+
+    assert load_config(None, ["training.precision=bf16"]).training.dtype == "bfloat16"
+    assert load_config(None, ["training.dtype=float32"]).training.dtype == "float32"
+    with pytest.raises(ConfigError, match="disagree"):
+        load_config(None, ["training.precision=bf16", "training.dtype=float32"])
+    a, b = (load_config(None, [f"training.dtype={d}"]).section_hash("training") for d in ("auto", "float32"))
+    assert a != b
