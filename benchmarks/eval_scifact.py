@@ -1,18 +1,21 @@
 """Benchmark: full SciFact evaluation of all-MiniLM-L6-v2, ours vs sentence-transformers' InformationRetrievalEvaluator.
 
-Goal (issue 6 item 9): our evaluation <= 1.0x the wall time of sentence-transformers' evaluator cold, and <= 0.2x
-with cached corpus embeddings; and the published MTEB numbers (NDCG@10 0.64508, MRR@10 0.60472, Recall@100 0.925)
-within +-0.001.
+Goals: ours with ``dtype: auto`` (bf16 autocast on CPUs with native bf16) <= 0.6x the wall time of
+sentence-transformers' evaluator cold (issue 13), <= 0.2x with cached corpus embeddings; NDCG@10 under bf16 within
++-0.002 of fp32; and, in fp32, the published MTEB numbers (NDCG@10 0.64508, MRR@10 0.60472, Recall@100 0.925) within
++-0.001 (MTEB-exact reproduction needs ``--dtype float32``).
 
     python benchmarks/eval_scifact.py                         # ../shared/benchmarks/scifact, test split
     python benchmarks/eval_scifact.py --scifact DIR --out /tmp/eval_scifact.json
 
-One process, one model instance, three timed runs in this order:
+One process, one model instance, four timed runs in this order:
 
-1. ``sentence_transformers`` ``InformationRetrievalEvaluator`` (same batch size, k up to 100, no CSV);
-2. ours, cold: ``RetrievalEvaluator.evaluate`` with an empty embedding cache (benchmark loading, weights hash,
-   corpus + query encoding, exact search, metrics and the cache write are all inside the timing);
-3. ours, warm: the same call again, the corpus index now read from the cache (only queries are encoded).
+1. ``sentence_transformers`` ``InformationRetrievalEvaluator`` (same batch size, k up to 100, no CSV; fp32, as a
+   user runs it);
+2. ours, cold, ``auto`` dtype: ``RetrievalEvaluator.evaluate`` with an empty embedding cache (benchmark loading,
+   weights hash, corpus + query encoding, exact search, metrics and the cache write are all inside the timing);
+3. ours, warm: the same call again, the corpus index now read from the cache (only queries are encoded);
+4. ours, cold, fp32: the reproduction of the published numbers, and the reference for bf16's quality.
 
 The machine is shared, so CPU seconds and load averages are recorded next to wall seconds.
 """
@@ -90,11 +93,14 @@ def main() -> int:
     st_metrics, st_time = _clock(st_run)
     print(f"sentence-transformers evaluator: {st_time['wall_s']} s", file=sys.stderr)
 
+    from st_workflow.models.dtype import resolve_dtype
+
+    auto = resolve_dtype("auto", "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         cache = EmbeddingCache(Path(tmp) / "embeddings")
-        settings = EvalSettings(ks=ks, batch_size=args.batch_size)
 
-        def ours() -> dict:
+        def ours(dtype: str) -> dict:
+            settings = EvalSettings(ks=ks, batch_size=args.batch_size, dtype=dtype)
             bench = load_local(scifact, name="scifact")
             h = model_hash(args.model, resolve_model(args.model))
             run = RetrievalEvaluator(settings, cache=cache, kernel_cache_dir=tmp).evaluate(
@@ -102,18 +108,21 @@ def main() -> int:
             )
             return {"metrics": run.results["test"]["float32"].metrics, "timings": run.timings}
 
-        cold, cold_time = _clock(ours)
-        print(f"ours cold: {cold_time['wall_s']} s", file=sys.stderr)
-        warm, warm_time = _clock(ours)
-        print(f"ours warm: {warm_time['wall_s']} s", file=sys.stderr)
+        cold, cold_time = _clock(lambda: ours(auto))
+        print(f"ours cold ({auto}): {cold_time['wall_s']} s", file=sys.stderr)
+        warm, warm_time = _clock(lambda: ours(auto))
+        print(f"ours warm ({auto}): {warm_time['wall_s']} s", file=sys.stderr)
+        fp32, fp32_time = _clock(lambda: ours("float32"))
+        print(f"ours cold (float32): {fp32_time['wall_s']} s", file=sys.stderr)
 
-    m = cold["metrics"]
+    m = fp32["metrics"]
     st_flat = {k.removeprefix("cosine_"): v for k, v in st_metrics.items()}
     report = {
         "benchmark": "eval_scifact",
         "command": "python benchmarks/eval_scifact.py " + " ".join(sys.argv[1:]),
-        "goal": "<= 1.0x sentence-transformers' evaluator cold, <= 0.2x with cached corpus embeddings; "
-        "published MTEB numbers within +-0.001",
+        "goal": "auto dtype <= 0.6x sentence-transformers' evaluator cold, <= 0.2x with cached corpus "
+        "embeddings; bf16 NDCG@10 within +-0.002 of fp32; fp32 reproduces the published MTEB numbers within +-0.001",
+        "auto_dtype": auto,
         "model": args.model,
         "batch_size": args.batch_size,
         "sentence_transformers": {
@@ -122,6 +131,13 @@ def main() -> int:
         },
         "ours_cold": {**cold_time, "stage_timings": {k: round(v, 2) for k, v in cold["timings"].items()}},
         "ours_warm": {**warm_time, "stage_timings": {k: round(v, 2) for k, v in warm["timings"].items()}},
+        "ours_cold_float32": {
+            **fp32_time,
+            "stage_timings": {k: round(v, 2) for k, v in fp32["timings"].items()},
+        },
+        "ratio_cold_float32": round(fp32_time["wall_s"] / st_time["wall_s"], 3),
+        "metrics_auto": {k: cold["metrics"][k] for k in ("ndcg@10", "mrr@10", "recall@100")},
+        "ndcg@10_auto_minus_float32": round(cold["metrics"]["ndcg@10"] - m["ndcg@10"], 6),
         "ratio_cold": round(cold_time["wall_s"] / st_time["wall_s"], 3),
         "ratio_warm": round(warm_time["wall_s"] / st_time["wall_s"], 3),
         "ratio_cold_cpu": round(cold_time["cpu_s"] / st_time["cpu_s"], 3),
@@ -133,8 +149,9 @@ def main() -> int:
         "abs_diff_vs_published": {k: round(abs(m[k] - v), 6) for k, v in PUBLISHED.items()},
         "reproduces_published": all(abs(m[k] - v) <= 0.001 for k, v in PUBLISHED.items()),
         "warm_metrics_identical": warm["metrics"] == cold["metrics"],
-        "meets_goal": cold_time["wall_s"] <= st_time["wall_s"]
-        and warm_time["wall_s"] <= 0.2 * st_time["wall_s"],
+        "meets_goal": cold_time["wall_s"] <= 0.6 * st_time["wall_s"]
+        and warm_time["wall_s"] <= 0.2 * st_time["wall_s"]
+        and abs(cold["metrics"]["ndcg@10"] - m["ndcg@10"]) <= 0.002,
         "machine": machine(
             "shared 2-core machine: other agents' jobs ran concurrently; compare cpu_s and loadavg",
             torch=torch.__version__,

@@ -403,5 +403,10 @@ def run_process_group(
         raise
     finally:
         _ACTIVE.discard(proc)
-        with contextlib.suppress(Exception):
-            proc.stdout.close()
+        # Closing the pipe while the reader thread sits in ``read1`` blocks on the buffer's lock until EOF; a
+        # process that escaped the group (and holds the pipe) would hang the caller here. Close only once the
+        # reader has seen EOF; otherwise leave the daemon thread and its pipe to the interpreter.
+        reader.join(timeout=5)
+        if not reader.is_alive():
+            with contextlib.suppress(Exception):
+                proc.stdout.close()
