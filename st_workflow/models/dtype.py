@@ -32,6 +32,16 @@ def cpu_has_fast_bf16() -> bool:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
+    return fast_bf16_in_cpuinfo(text)
+
+
+def fast_bf16_in_cpuinfo(text: str) -> bool:
+    """Whether a ``/proc/cpuinfo`` text lists native bf16 (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``).
+
+    Example:
+        >>> fast_bf16_in_cpuinfo("flags : fpu avx2 avx512_bf16"), fast_bf16_in_cpuinfo("flags : fpu avx2")
+        (True, False)
+    """
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in {"flags", "Features"}:

@@ -163,3 +163,41 @@ def test_unavailable_benchmark_is_skipped_when_configured(
 
     with pytest.raises(BenchmarkUnavailableError, match="benchmark 'hub'"):
         evaluate_stage(strict, {"base": str(tiny_model_path)}, {})
+
+
+def test_dtype_is_in_the_cache_key_and_recorded(
+    mini_beir: Path, tiny_model_path: Path, test_cache_dir: Path, tmp_path: Path
+) -> None:
+    """bf16 vectors are other vectors: their own cache entry, the dtype on the result, metrics close to fp32."""
+    from st_workflow.models import load_model
+
+    model = load_model(str(tiny_model_path))
+    bench = load_local(mini_beir, name="mini")
+    cache = EmbeddingCache(tmp_path / "emb")
+    h = weights_hash(tiny_model_path)
+    runs = {}
+    for dtype in ("float32", "bfloat16", "float32"):
+        ev = RetrievalEvaluator(
+            EvalSettings(ks=[10], dtype=dtype), cache=cache, kernel_cache_dir=test_cache_dir
+        )
+        runs.setdefault(dtype, []).append(ev.evaluate(model, bench, model_hash=h))
+    assert cache.misses == 2 and cache.hits == 1  # fp32, bf16, then fp32 again from the cache
+    fp32, bf16 = runs["float32"][0].results["test"]["float32"], runs["bfloat16"][0].results["test"]["float32"]
+    assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16")
+    assert fp32.fingerprint != bf16.fingerprint
+    assert bf16.metrics["ndcg@10"] == pytest.approx(fp32.metrics["ndcg@10"], abs=0.05)
+
+
+def test_auto_dtype_follows_the_cpu_flags() -> None:
+    from st_workflow.models.dtype import fast_bf16_in_cpuinfo, resolve_dtype
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    old = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+    assert fast_bf16_in_cpuinfo(amx) and fast_bf16_in_cpuinfo(arm) and not fast_bf16_in_cpuinfo(old)
+    assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    from st_workflow.models.dtype import cpu_has_fast_bf16
+
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_fast_bf16() else "float32")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("fp8", "cpu")
