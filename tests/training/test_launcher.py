@@ -121,7 +121,13 @@ def test_signals_to_the_caller_leave_no_process_behind(sig: int) -> None:
         f"run_process_group({_tree(marker)!r}, log_sink=lambda l: print(l, flush=True), kill_grace_s=2)\n"
     )
     caller = subprocess.Popen(
-        [sys.executable, "-c", caller_src], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+        [sys.executable, "-c", caller_src],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+        # A suite started as a background job (``cmd &``, nohup) inherits SIGINT ignored, and ignored signals
+        # survive exec: the caller must get the disposition a user's terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         seen = set()
