@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from _report import machine, write_report
-from quality import demo_config, digest, run
+from quality import demo_config, digest, offline_env, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,16 +40,6 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "demo_dtype.json"))
     args = ap.parse_args()
     dtypes = args.dtype or ["float32", "auto"]
-    env = {
-        **os.environ,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "WANDB_SILENT": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
     runs: dict[str, Any] = {}
     for dtype in dtypes:
         work = Path(args.work).resolve() / dtype
@@ -58,7 +47,7 @@ def main() -> int:
         work.mkdir(parents=True)
         print(f"== demo, dtype {dtype}", flush=True)
         overrides = [f"{s}.dtype={dtype}" for s in ("training", "mining", "evaluation")]
-        summary, wall = run(demo_config(), work, overrides, {**env, "PREFECT_HOME": str(work / "prefect")})
+        summary, wall = run(demo_config(), work, overrides, offline_env(work / "prefect"))
         runs[dtype] = digest(summary, wall) | {"source": "this run"}
         print(f"   {wall:.0f} s", flush=True)
     if args.reuse_auto and "auto" not in runs:

@@ -155,24 +155,12 @@ def train_check(
     backend: str = "auto",
 ) -> dict[str, Any]:
     """Fixed steps through the real pre-tokenize + train stages; samples/s after the first step."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from training_throughput import write_pairs_stage
 
     from st_workflow.config import load_config
-    from st_workflow.manifest import Manifest
-    from st_workflow.schemas import PAIR_SCHEMA
     from st_workflow.training import pretokenize_stage, train_stage
 
-    d = work / "pairs"
-    d.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {**r, "negative": None, "type": "title-description", "source": "gpu-check", "synthesized": False,
-         "doc_id": str(i), "model": None, "prompt_version": None}
-        for i, r in enumerate(pairs)
-    ]  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), d / "pairs.parquet")
-    pm = Manifest.build(stage="pairs", directory=d, files={"pairs": ("pairs.parquet", len(rows))})
-    pm.write()
+    pm = write_pairs_stage(pairs, work / "pairs", source="gpu-check")
     cfg = load_config(
         None,
         [

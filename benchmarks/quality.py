@@ -172,6 +172,21 @@ def supervised_config(data: Path) -> dict[str, Any]:
     }
 
 
+def offline_env(prefect_home: Path) -> dict[str, str]:
+    """The environment ``make demo`` gives a run: offline, quiet, its own Prefect home."""
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_SILENT": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def run(config: dict[str, Any], work: Path, overrides: list[str], env: dict[str, str]) -> tuple[dict, float]:
     """Write the experiment's config, run the pipeline flow as a user does, return its summary and wall time."""
     name = config["run_name"]
@@ -285,17 +300,7 @@ def main() -> int:
         wanted = ["demo"]
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(work / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "WANDB_SILENT": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = offline_env(work / "prefect")
     configs = {
         "demo": demo_config,
         "new-corpus": lambda: new_corpus_config(scifact),  # type: ignore[arg-type]

@@ -150,27 +150,34 @@ def _child_plain_or_original(args: argparse.Namespace) -> dict:
     }
 
 
-def _child_ours(args: argparse.Namespace) -> dict:
-    """Our path: the pre-tokenize stage (timed apart), then the train stage's real worker process."""
+def write_pairs_stage(pairs: list[dict[str, str]], directory: Path, source: str):
+    """Write ``pairs`` (anchor/positive) as a ``pairs`` stage (parquet + manifest) the train stage reads."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from st_workflow.config import load_config
     from st_workflow.manifest import Manifest
     from st_workflow.schemas import PAIR_SCHEMA
-    from st_workflow.training import pretokenize_stage, train_stage
 
-    pairs = json.loads(Path(args.pairs).read_text(encoding="utf-8"))
-    d = Path(args.workdir) / "pairs"
-    d.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     rows = [
-        {**r, "negative": None, "type": "title-description", "source": "bench", "synthesized": False,
+        {**r, "negative": None, "type": "title-description", "source": source, "synthesized": False,
          "doc_id": str(i), "model": None, "prompt_version": None}
         for i, r in enumerate(pairs)
     ]  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), d / "pairs.parquet")
-    pm = Manifest.build(stage="pairs", directory=d, files={"pairs": ("pairs.parquet", len(rows))})
+    pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), directory / "pairs.parquet")
+    pm = Manifest.build(stage="pairs", directory=directory, files={"pairs": ("pairs.parquet", len(rows))})
     pm.write()
+    return pm
+
+
+def _child_ours(args: argparse.Namespace) -> dict:
+    """Our path: the pre-tokenize stage (timed apart), then the train stage's real worker process."""
+
+    from st_workflow.config import load_config
+    from st_workflow.training import pretokenize_stage, train_stage
+
+    pairs = json.loads(Path(args.pairs).read_text(encoding="utf-8"))
+    pm = write_pairs_stage(pairs, Path(args.workdir) / "pairs", source="bench")
     cfg = load_config(
         None,
         [
