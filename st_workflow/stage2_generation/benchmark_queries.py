@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,18 +38,15 @@ from st_workflow import atomic
 from st_workflow.config import PipelineConfig
 from st_workflow.config.generation import GenerationConfig
 from st_workflow.hashing import code_version, sha256_text, stable_hash
-from st_workflow.log import get_logger
 from st_workflow.stage2_generation.accounting import Ledger
-from st_workflow.stage2_generation.availability import llm_skip_reason
 from st_workflow.stage2_generation.budget import stage_ledger
 from st_workflow.stage2_generation.cache import cache_key
-from st_workflow.stage2_generation.clients import instructor_client, sampling_kwargs
-from st_workflow.stage2_generation.columns import usage_columns
+from st_workflow.stage2_generation.clients import sampling_kwargs
 from st_workflow.stage2_generation.engine import Job, JobFailed, Outcome
+from st_workflow.stage2_generation.llm_stage import ANSWERED, LLMCalls, group_jobs, log_done, model_price
 from st_workflow.stage2_generation.models import VALIDATION_CONTEXT, BenchmarkQuery, schema_hash
 from st_workflow.stage2_generation.prompts import cut_text, load_prompt
 from st_workflow.stage2_generation.resilience import first_line, raise_wrapped_endpoint_error
-from st_workflow.stage2_generation.stages import failure_record, group_jobs, log_done, model_price, run_jobs
 
 __all__ = [
     "FAILURES_FILE",
@@ -216,12 +214,47 @@ def benchmark_query_fingerprint(cfg: PipelineConfig) -> str:
     )
 
 
-def _skip_reason(cfg: PipelineConfig) -> str | None:
-    if (reason := llm_skip_reason(cfg)) is not None:
-        return reason
-    if not cfg.generation.benchmark_queries.enabled:
-        return "benchmark queries skipped: generation.benchmark_queries.enabled is false (titles are the queries)"
-    return None
+class _QueryCalls(LLMCalls):
+    """The benchmark-query writer on the LLM-call skeleton (no stage of its own: the hold-out commits)."""
+
+    label = LABEL
+    namespace = NAMESPACE
+    progress_key = "benchmark-queries"
+    title = "Writing benchmark queries"
+    verb = "writing queries for"
+    task_name = TASK
+
+    @functools.cached_property
+    def worker(self) -> QueryWriter:
+        return QueryWriter(self.gen)
+
+    def disabled(self) -> str | None:
+        if not self.gen.benchmark_queries.enabled:
+            return "benchmark queries skipped: generation.benchmark_queries.enabled is false (titles are the queries)"
+        return None
+
+    def note(self, docs: list[Any]) -> str:
+        return f", mode {self.worker.cfg.mode}"
+
+    @property
+    def instructor_mode(self) -> str:
+        return self.worker.cfg.mode
+
+    def checked(self, o: Outcome) -> Outcome:
+        """A stored answer without a query is a failure (the caller keeps the title)."""
+        if o.status in ANSWERED and not _query(o):
+            return dataclasses.replace(
+                o, status="failed", cause="invalid_output", message="stored answer has no query"
+            )
+        return o
+
+    def columns(self, doc: QueryDoc, o: Outcome) -> dict[str, Any]:
+        return {"query": _query(o)}
+
+
+def _query(o: Outcome) -> str | None:
+    query = ((o.entry or {}).get("value") or {}).get("query")
+    return query if isinstance(query, str) and query else None
 
 
 def _check_unique(docs: list[QueryDoc]) -> None:
@@ -275,9 +308,9 @@ def write_benchmark_queries(cfg: PipelineConfig, docs: list[QueryDoc], *, work_d
         EndpointFatalError: the endpoint refused a request for good (bad key, unknown model); nothing is written.
         ValueError: a ``(source, id)`` is given twice with different content.
     """
-    log = get_logger()
-    if (reason := _skip_reason(cfg)) is not None:
-        log.info(reason)
+    calls = _QueryCalls(cfg)
+    if (reason := calls.skip_reason()) is not None:
+        calls.log.info(reason)
         return QueryResult(
             {},
             {},
@@ -287,54 +320,14 @@ def write_benchmark_queries(cfg: PipelineConfig, docs: list[QueryDoc], *, work_d
         )
     _check_unique(docs)
     gen = cfg.generation
-    writer = QueryWriter(gen)
+    writer = calls.worker
     docs = sorted(dict.fromkeys(docs), key=lambda d: d.key)
     jobs, groups = group_jobs(docs, writer.job)
     ledger = stage_ledger(cfg)  # the run's shared budget; refuses an unenforceable cap before any call
     rows: list[dict[str, Any]] = []
-    fail_rows: list[dict[str, Any]] = []
-
-    def on_outcome(o: Outcome) -> None:
-        query = ((o.entry or {}).get("value") or {}).get("query")
-        if o.status in ("ok", "cached") and not (isinstance(query, str) and query):
-            o = dataclasses.replace(
-                o, status="failed", cause="invalid_output", message="stored answer has no query"
-            )
-        for i, d in enumerate(groups[o.job.key]):
-            if o.status in ("ok", "cached") and o.entry is not None:
-                rows.append(
-                    {
-                        "source": d.source,
-                        "doc_id": d.id,
-                        "content_hash": d.content_hash,
-                        "query": query,
-                        **usage_columns(o.entry, i == 0),
-                        "model": gen.endpoint.model,
-                        "prompt_version": writer.prompt_version,
-                        "cache_key": o.job.key,
-                    }
-                )
-            else:
-                fail_rows.append(failure_record(d, o, TASK))
-
-    log.info(
-        "%s: writing queries for %d documents (%d distinct) with %s, mode %s, concurrency %d",
-        LABEL,
-        len(docs),
-        len(jobs),
-        gen.endpoint.model,
-        writer.cfg.mode,
-        gen.execution.concurrency,
-    )
-
-    def make_call(client: Any) -> Any:
-        aclient = instructor_client(client, writer.cfg.mode)
-        return lambda job: writer.call(job, aclient)
-
-    stats = run_jobs(cfg, log, LABEL, jobs, NAMESPACE, ledger, on_outcome, make_call)
+    stats, fail_rows = calls.answer(docs, jobs, groups, ledger, rows.append)
 
     rows.sort(key=lambda r: (r["source"], r["doc_id"]))
-    fail_rows.sort(key=lambda r: (r["source"], r["doc_id"]))
     work_dir = Path(work_dir)
     atomic.write_jsonl(work_dir / QUERIES_FILE, rows)
     atomic.write_jsonl(work_dir / FAILURES_FILE, fail_rows)
@@ -348,7 +341,7 @@ def write_benchmark_queries(cfg: PipelineConfig, docs: list[QueryDoc], *, work_d
         "failed": usage["failed"],
         "skipped_budget": usage["skipped_budget"],
     }
-    log_done(log, LABEL, counts, ledger, stats)
+    log_done(calls.log, LABEL, counts, ledger, stats)
     return QueryResult(
         queries={(r["source"], r["doc_id"]): r["query"] for r in rows},
         failures=failures,
