@@ -1,7 +1,9 @@
 """Content hashing used by manifests and cache keys.
 
 Hashes are over *content* (file bytes, canonical JSON), never over pickled objects or paths, so that a cache key is
-stable across processes, machines and Python versions.
+stable across processes, machines and Python versions. What identifies a *model* is in :mod:`st_workflow.fingerprints`,
+what identifies a *benchmark* in :mod:`st_workflow.benchmark_hashes` (``benchmark_hash`` is still importable from
+here).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import threading
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -48,41 +51,6 @@ def sha256_tree(root: str | Path, pattern: str = "**/*") -> str:
         h.update(b"\0")
         h.update(sha256_file(p).encode())
     return h.hexdigest()
-
-
-_tree_memo: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], str] = {}
-
-
-def benchmark_hash(directory: str | Path) -> str | None:
-    """Content identity of a BEIR benchmark directory: the bytes of ``corpus.jsonl``, ``queries.jsonl`` and
-    ``qrels/*.tsv`` (what every reader of a benchmark reads), not its path, manifest or timestamps.
-
-    Every stage and cache key that depends on a benchmark uses this, so a benchmark rebuilt in place with other
-    content invalidates them all, and one rebuilt with the same content invalidates none. Memoised per process on
-    the files' (size, mtime, inode). None when ``directory`` is not a directory.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\\n')
-        >>> before = benchmark_hash(d)
-        >>> _ = (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "y"}\\n')
-        >>> benchmark_hash(d) != before
-        True
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        return None
-    files = [root / n for n in ("corpus.jsonl", "queries.jsonl") if (root / n).is_file()]
-    files += sorted((root / "qrels").glob("*.tsv"))
-    stats = []
-    for p in files:
-        st = p.stat()
-        stats.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
-    memo_key = (str(root.resolve()), tuple(stats))
-    if memo_key not in _tree_memo:
-        _tree_memo[memo_key] = combine_hashes(f"{rel}\0{sha256_file(root / rel)}" for rel, *_ in stats)
-    return _tree_memo[memo_key]
 
 
 def canonical_json(obj: Any) -> str:
@@ -227,9 +195,16 @@ def _is_str(node: ast.AST | None) -> bool:
     return isinstance(node, ast.Constant) and isinstance(node.value, str)
 
 
+_PARSE_LOCK = threading.Lock()
+"""``ast.parse`` is not thread-safe on CPython 3.11 (concurrent ingest threads computing code versions raised
+``SystemError: AST constructor recursion depth mismatch``): one parse at a time."""
+
+
 @cache
 def _parse_cached(path: Path, mtime_ns: int, size: int) -> ast.Module:
-    return ast.parse(path.read_bytes(), filename=str(path))
+    source = path.read_bytes()
+    with _PARSE_LOCK:
+        return ast.parse(source, filename=str(path))
 
 
 def _parse(path: Path) -> ast.Module:
@@ -280,3 +255,12 @@ def _imported_files(root: Path, path: Path) -> list[Path]:
             if lazy and (f := _module_file(root, [*parts, *lazy.split(".")])) is not None:
                 out.append(f)  # a lazily re-exported name: the submodule that defines it
     return out
+
+
+def __getattr__(name: str) -> Any:
+    """``benchmark_hash``, which lives in :mod:`st_workflow.benchmark_hashes` (that module imports this one)."""
+    if name == "benchmark_hash":
+        from st_workflow.benchmark_hashes import benchmark_hash
+
+        return benchmark_hash
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,12 +37,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from st_workflow.beir import doc_text, qrels_files, read_corpus, read_qrels, read_queries
-from st_workflow.hashing import benchmark_hash, stable_hash
+from st_workflow.benchmark_hashes import benchmarks_hash
 from st_workflow.near_duplicates import NearDuplicateIndex, NearDuplicateRule
 
 if TYPE_CHECKING:
     from st_workflow.config import PipelineConfig
     from st_workflow.manifest import Manifest
+
+__all__ = [
+    "LEAKAGE_MODES",
+    "PAIR_FIELDS",
+    "BenchmarkGuard",
+    "Leak",
+    "LeakageError",
+    "LeakageMode",
+    "LeakageTarget",
+    "benchmarks_hash",
+    "check_all_not_dropped",
+    "evaluated_qrels",
+    "leakage_targets",
+]
 
 LeakageMode = Literal["answers", "corpus", "queries", "none"]
 LEAKAGE_MODES = ("answers", "corpus", "queries", "none")
@@ -195,20 +209,6 @@ class BenchmarkGuard:
     def describe(self) -> list[dict[str, Any]]:
         """What is guarded: per benchmark its mode, queries and documents indexed."""
         return [{"name": g.target.name, "mode": g.target.mode, **g.stats} for g in self._guarded]
-
-
-def benchmarks_hash(targets: list[LeakageTarget]) -> str:
-    """Identity of the guarded benchmarks: name, mode and the content of their queries, corpus and qrels."""
-    return stable_hash(
-        [
-            {
-                **t.as_dict(),
-                "directory": None,
-                "content": benchmark_hash(t.directory),
-            }
-            for t in sorted(targets, key=lambda t: t.name)
-        ]
-    )
 
 
 def leakage_targets(cfg: PipelineConfig, holdout: Manifest | None) -> list[LeakageTarget]:

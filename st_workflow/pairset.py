@@ -27,7 +27,12 @@ from st_workflow.schemas import PAIR_SCHEMA, normalize_for_match, schema_dict
 STAGE = "pairs"
 
 
-def _read_pairs(m: Manifest) -> pa.Table:
+def read_pairs(m: Manifest) -> pa.Table:
+    """The ``pairs`` file of a pairs-producing stage's manifest, in :data:`PAIR_SCHEMA` (its columns, its order).
+
+    Raises:
+        ValueError: the file lacks a column (naming the stage, the file and the columns).
+    """
     table = pq.read_table(m.path("pairs"))
     missing = [f.name for f in PAIR_SCHEMA if f.name not in table.column_names]
     if missing:
@@ -65,7 +70,7 @@ def assemble_pairs(
         return hit
 
     log = get_logger()
-    tables = [_read_pairs(m) for m in manifests]
+    tables = [read_pairs(m) for m in manifests]
     table = pa.concat_tables(tables) if tables else PAIR_SCHEMA.empty_table()
     n_in = table.num_rows
 

@@ -6,10 +6,10 @@
   cache directory (used by the tests and ``configs/tiny.yaml``).
 * An existing local path is used as is; any other hub id is returned unchanged by :func:`resolve_model`.
 
-A hub model is identified by its *resolved revision* (:func:`hub_fingerprint`: the commit sha ``main`` points at,
-asked of the Hub or, offline, read from the local cache), so cache keys notice a new upload without downloading
-anything. :func:`load_model` fetches a hub model with :func:`fetch_hub_model`: only the files a sentence-transformer
-loads (:func:`load_files`: ``modules.json``, configs, tokenizer files, the safetensors weights or else the PyTorch
+A hub model is identified by its *resolved revision* (:func:`hub_revision`: the commit sha ``main`` points at,
+asked of the Hub or, offline, read from the local cache; :func:`st_workflow.fingerprints.hub_fingerprint` keys
+on it), so cache keys notice a new upload without downloading anything. :func:`load_model` fetches a hub model
+with :func:`fetch_hub_model`: only the files a sentence-transformer loads (:func:`load_files`: ``modules.json``, configs, tokenizer files, the safetensors weights or else the PyTorch
 ones, and the module folders such as ``1_Pooling/``), never the ONNX, OpenVINO or duplicate weight copies many
 repositories also carry, all at one pinned commit.
 """
@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from st_workflow import atomic
-from st_workflow.hashing import stable_hash
+from st_workflow.fingerprints import hub_fingerprint as hub_fingerprint  # re-exported: it lived here
 from st_workflow.resources import resolve_path
 
 if TYPE_CHECKING:
@@ -167,16 +167,6 @@ def hub_revision(repo_id: str, revision: str = "main", timeout_s: float = 20.0) 
     read from the local cache when offline or unreachable; None when neither knows it."""
     listing = _hub_listing(repo_id, revision, timeout_s)
     return listing[0] if listing is not None else _cached_revision(repo_id, revision)
-
-
-def hub_fingerprint(repo_id: str, revision: str = "main", timeout_s: float = 20.0) -> str | None:
-    """Identity of a hub model for cache keys: its id and resolved commit sha (no download); None when unknown.
-
-    A new upload to the repository moves the sha and so every key built on it, which a hash of the name alone
-    could not notice.
-    """
-    sha = hub_revision(repo_id, revision, timeout_s)
-    return stable_hash({"hub_id": repo_id, "revision": sha}) if sha else None
 
 
 def fetch_hub_model(repo_id: str, revision: str = "main", timeout_s: float = 20.0) -> Path:

@@ -28,12 +28,12 @@ import hashlib
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from st_workflow.testing.background import BackgroundHTTPServer
+from st_workflow.testing.http import QuietHandler, Reply
 
 __all__ = ["HubServer", "files_of"]
 
@@ -123,12 +123,8 @@ class HubServer(BackgroundHTTPServer):
             return None, sha, repo.commits[sha]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):  # quiet: tests read hub.requests instead
     hub: HubServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read hub.requests instead
-        pass
 
     def do_GET(self) -> None:
         self._serve(body=True)
@@ -170,11 +166,4 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, payload, "application/json", {"X-Error-Code": code, **(headers or {})}, body)
 
     def _send(self, status: int, data: bytes, ctype: str, headers: dict[str, str], body: bool) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        self.send_reply(Reply(status, data, ctype, headers), with_body=body)

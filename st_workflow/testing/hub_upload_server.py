@@ -49,13 +49,14 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
 from st_workflow.testing.background import BackgroundHTTPServer
+from st_workflow.testing.http import QuietHandler, Reply
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -302,12 +303,8 @@ def _lfs_pointer(content: bytes) -> bytes:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n".encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):  # quiet: the request log is in ``hub.requests``
     hub: HubUploadServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the request log is in ``hub.requests``
-        return
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -360,14 +357,8 @@ class _Handler(BaseHTTPRequestHandler):
             data, ctype = payload, "application/octet-stream"
         else:
             data, ctype = json.dumps(payload).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", headers.pop("Content-Type", ctype))
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(data)
+        ctype = headers.pop("Content-Type", ctype)
+        self.send_reply(Reply(status, data, ctype, headers), with_body=method != "HEAD")
 
     def _route(
         self,

@@ -48,11 +48,12 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from st_workflow.testing.background import BackgroundHTTPServer
+from st_workflow.testing.http import QuietHandler, Reply
 
 __all__ = ["Faults", "OpenAICompatServer", "document_key", "main"]
 
@@ -239,23 +240,14 @@ class _Stats:
         self.auth_headers: Counter[str] = Counter()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections, as with a real endpoint
+class _Handler(QuietHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
     # ------------------------------------------------------------------ plumbing
     def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(obj).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_reply(
+            Reply(status, json.dumps(obj).encode("utf-8"), "application/json", dict(headers or {}))
+        )
 
     def _read_json(self) -> Any:
         n = int(self.headers.get("Content-Length") or 0)
