@@ -150,17 +150,16 @@ def _model_types(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
+    from st_workflow.ingest.sources.base import source_kinds
+
     known = _known_keys(PipelineConfig)
+    tags = {*source_kinds(), "pipeline", "beir", "hf", "local"}  # discriminator tags: sources, benchmarks
     lines = []
     for e in err.errors():
         # Drop discriminator tags and list indices from the dotted key for suggestions, keep them for display.
         loc = [str(p) for p in e["loc"]]
         dotted = ".".join(loc)
-        plain = ".".join(
-            p
-            for p in loc
-            if not p.isdigit() and p not in {"arxiv", "cmr", "pds", "hf", "local", "pipeline", "beir"}
-        )
+        plain = ".".join(p for p in loc if not p.isdigit() and p not in tags)
         if e["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(plain, known, n=1, cutoff=0.75)
             msg = f"{source}: unknown key '{dotted}'"

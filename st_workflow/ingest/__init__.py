@@ -1,5 +1,6 @@
-"""Ingest: documents from arXiv, NASA CMR, NASA PDS, Hugging Face datasets and local files; natural pairs; the
-held-out in-domain benchmark.
+"""Ingest: documents from arXiv, NASA CMR, NASA PDS, NASA ADS, Hugging Face datasets and local files (one
+:mod:`~st_workflow.ingest.sources` module per kind, plug-ins through the ``st_workflow.sources`` entry point group);
+natural pairs; the held-out in-domain benchmark.
 
 Stage functions (plain Python; :mod:`st_workflow.tasks.data` wraps them as Prefect tasks):
 
@@ -8,23 +9,26 @@ Stage functions (plain Python; :mod:`st_workflow.tasks.data` wraps them as Prefe
 * :func:`build_holdout` ``(cfg, doc_manifests) -> Manifest | None``: the seeded in-domain BEIR benchmark;
 * :func:`build_natural_pairs` ``(cfg, doc_manifests, holdout) -> Manifest``: title -> abstract/description pairs,
   checked free of held-out text.
+
+Names are imported on first access: the config package imports :mod:`st_workflow.ingest.sources` while it is being
+built, which must not pull in the stages (they import the config).
 """
 
-from st_workflow.ingest.holdout import build_holdout, holdout_score, read_heldout
-from st_workflow.ingest.natural_pairs import LeakageError, build_natural_pairs, check_no_leakage
-from st_workflow.ingest.stage import OutputDirError, ingest_source, ingest_to_dir, read_documents
-from st_workflow.ingest.structured import natural_pair
+from st_workflow.lazy import lazy_exports
 
-__all__ = [
-    "LeakageError",
-    "OutputDirError",
-    "build_holdout",
-    "build_natural_pairs",
-    "check_no_leakage",
-    "holdout_score",
-    "ingest_source",
-    "ingest_to_dir",
-    "natural_pair",
-    "read_documents",
-    "read_heldout",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    "st_workflow.ingest",
+    {
+        "LeakageError": "natural_pairs",
+        "OutputDirError": "stage",
+        "build_holdout": "holdout",
+        "build_natural_pairs": "natural_pairs",
+        "check_no_leakage": "natural_pairs",
+        "holdout_score": "holdout",
+        "ingest_source": "stage",
+        "ingest_to_dir": "stage",
+        "natural_pair": "structured",
+        "read_documents": "stage",
+        "read_heldout": "holdout",
+    },
+)

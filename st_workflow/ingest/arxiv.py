@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from st_workflow.ingest import documents
 from st_workflow.ingest.documents import WRONG_TYPE, Candidate, Rejection
 
 ABS_URL = "https://arxiv.org/abs/"
@@ -36,7 +37,7 @@ KAGGLE_FILE = "arxiv-metadata-oai-snapshot.json"
 MAX_AUTHORS_CHARS = 2000
 """Author strings are cut to this length in the metadata (a few papers list thousands of authors)."""
 
-FILTERED = object()
+FILTERED = documents.FILTERED
 """Returned by :func:`snapshot_candidate` for a record outside the configured categories."""
 
 # arXiv subject names (as OAI-DC writes them) -> category codes. Archive-level names map to the archive code.

@@ -15,15 +15,17 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from st_workflow.config.ingest import ArxivApiConfig
 from st_workflow.ingest.arxiv import ABS_URL, FILTERED, MAX_AUTHORS_CHARS, category_matches
 from st_workflow.ingest.documents import Candidate
 from st_workflow.ingest.httpclient import HttpSourceError, RetryableBody, RetryingClient
 from st_workflow.ingest.logs import logger as get_logger
+
+if TYPE_CHECKING:
+    from st_workflow.ingest.sources.arxiv import ArxivApiConfig
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 ARXIV = "{http://arxiv.org/schemas/atom}"

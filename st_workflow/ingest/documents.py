@@ -55,6 +55,10 @@ DUPLICATE_ID = "duplicate_id"
 DUPLICATE_CONTENT = "duplicate_content"
 DUPLICATE_REASONS = frozenset({DUPLICATE_ID, DUPLICATE_CONTENT})
 
+FILTERED = object()
+"""Returned by a source's record converter for a record its own filter skips on purpose (arXiv categories); the
+sink counts it as ``filtered``, neither kept nor quarantined."""
+
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 _EXCERPT_CHARS = 300
 

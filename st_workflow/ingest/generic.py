@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from st_workflow.config.ingest import ColumnMap, HfSource
 from st_workflow.ingest.documents import Candidate, collapse, document_hash, normalize_text
 from st_workflow.resources import resolve_path
+
+if TYPE_CHECKING:
+    from st_workflow.ingest.sources.base import ColumnMap
+    from st_workflow.ingest.sources.hf import HfSource
 
 _META_STR_CHARS = 1000
 

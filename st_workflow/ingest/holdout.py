@@ -88,7 +88,7 @@ def split_score(seed: int, source: str, doc_id: str) -> float:
 
 
 def source_kind(manifest: Manifest, cfg: PipelineConfig | None = None) -> str:
-    """The kind (arxiv, cmr, pds, hf, local) of an ingest manifest."""
+    """The source kind (arxiv, cmr, pds, hf, local, ads or a plug-in's) of an ingest manifest."""
     kind = manifest.metrics.get("kind")
     if isinstance(kind, str):
         return kind

@@ -20,13 +20,15 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import orjson
 
-from st_workflow.config.ingest import RetryConfig
 from st_workflow.ingest.logs import logger as get_logger
+
+if TYPE_CHECKING:
+    from st_workflow.ingest.sources.base import RetryConfig
 
 T = TypeVar("T")
 
@@ -140,6 +142,7 @@ class RetryingClient:
         headers: Mapping[str, str] | None = None,
         parse: Callable[[httpx.Response], T] = parse_json,  # type: ignore[assignment]
         check: Callable[[httpx.Response], str | None] | None = None,
+        wait_hint: Callable[[httpx.Response], float | None] | None = None,
     ) -> Response:
         """GET ``url`` until it succeeds and ``parse`` accepts the body.
 
@@ -147,6 +150,8 @@ class RetryingClient:
             parse: turns a 200 response into a value; raising :class:`RetryableBody` asks for another attempt.
             check: returns a reason string when an otherwise good response must be retried (e.g. CMR's
                 ``CMR-Time-Out: true`` partial results).
+            wait_hint: seconds a retryable response asks us to wait when it has no ``Retry-After`` (ADS's
+                ``X-RateLimit-Reset`` on 429); capped like ``Retry-After``.
 
         Raises:
             HttpSourceError: on a non-retryable status (with the server's message) or when attempts run out.
@@ -172,6 +177,9 @@ class RetryingClient:
                     if ra is not None:
                         delay = min(ra, self.retry.backoff_max_s)
                         last += f" (Retry-After {resp.headers.get('retry-after')})"
+                    elif wait_hint is not None and (hint := wait_hint(resp)) is not None:
+                        delay = min(max(0.0, hint), self.retry.backoff_max_s)
+                        last += f" (server asks to wait {hint:.1f} s)"
                 elif resp.status_code >= 400:
                     raise HttpSourceError(
                         f"HTTP {resp.status_code} from {shown}: {_error_message(resp)}",
@@ -203,6 +211,11 @@ class RetryingClient:
             )
             self._sleep(delay)
         raise HttpSourceError(f"GET {url} failed after {max_attempts} attempts: {last}", transient=True)
+
+    def pause(self, seconds: float) -> None:
+        """Wait before the next request (a source honouring its server's rate-limit headers)."""
+        if seconds > 0:
+            self._sleep(seconds)
 
     def _pace(self) -> None:
         if self.min_interval_s > 0:

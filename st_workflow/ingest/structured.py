@@ -9,7 +9,8 @@ description plus the record's structured facts, one ``Label: value`` line each, 
     Platform: Aqua, Terra
     Instrument: MODIS
 
-The same function gives the natural-pair positive and the held-out benchmark's corpus text, so the benchmark asks
+Which positive a kind gets is the source class's answer (``natural_positive``); CMR and PDS use
+:func:`structured_description`. The same function gives the natural-pair positive and the held-out benchmark's corpus text, so the benchmark asks
 exactly the question training teaches (title -> description). Values are collapsed to one line; long lists are cut
 to ``MAX_VALUES`` entries; the whole positive is cut at a word boundary to ``max_positive_chars``.
 
@@ -31,9 +32,16 @@ import orjson
 
 from st_workflow.config.pairs import NaturalPairsConfig
 from st_workflow.ingest.documents import collapse
+from st_workflow.ingest.sources.base import TITLE_ABSTRACT, TITLE_DESCRIPTION, source_class
 
-TITLE_ABSTRACT = "title-abstract"
-TITLE_DESCRIPTION = "title-description"
+__all__ = [
+    "TITLE_ABSTRACT",
+    "TITLE_DESCRIPTION",
+    "natural_pair",
+    "pair_type",
+    "structured_description",
+    "truncate",
+]
 MAX_VALUES = 20
 """At most this many entries of a list-valued field (keywords, instruments...) go into a positive."""
 
@@ -62,8 +70,10 @@ _PDS_FIELDS: dict[str, tuple[str, str]] = {
 
 
 def pair_type(kind: str) -> str:
-    """``title-abstract`` for arXiv, ``title-description`` for every other kind."""
-    return TITLE_ABSTRACT if kind == "arxiv" else TITLE_DESCRIPTION
+    """The natural pair type the source kind declares (``title-abstract`` for arXiv and ADS); unknown kinds:
+    ``title-description``."""
+    cls = source_class(kind)
+    return cls.pair_type if cls is not None else TITLE_DESCRIPTION
 
 
 PLACEHOLDERS = frozenset(
@@ -126,15 +136,15 @@ def truncate(text: str, max_chars: int) -> str:
 
 
 def natural_pair(doc: dict[str, Any], kind: str, cfg: NaturalPairsConfig) -> tuple[str, str, str]:
-    """``(type, anchor, positive)`` of a document row (``metadata`` may be the JSON string or a dict)."""
+    """``(type, anchor, positive)`` of a document row (``metadata`` may be the JSON string or a dict).
+
+    The source kind's class says what the positive is (:meth:`~st_workflow.ingest.sources.base.SourceBase.
+    natural_positive`); a kind no longer installed falls back to the text.
+    """
     meta = doc.get("metadata") or {}
     if isinstance(meta, str):
         meta = orjson.loads(meta) if meta else {}
     title, text = doc.get("title") or "", doc.get("text") or ""
-    if kind == "cmr":
-        positive = structured_description(text, meta, kind, list(cfg.cmr_fields))
-    elif kind == "pds":
-        positive = structured_description(text, meta, kind, list(cfg.pds_fields))
-    else:
-        positive = text
+    cls = source_class(kind)
+    positive = cls.natural_positive(text, meta, cfg) if cls is not None else text
     return pair_type(kind), title, truncate(positive, cfg.max_positive_chars)
