@@ -16,6 +16,12 @@ Example::
             bar.advance(1, detail=f"{tokens} tokens, ${dollars:.2f}")
 
 A stage whose output is reused says so at once: ``progress.reused("generation", "Generating pairs")``.
+
+A bar takes the sinks of the context it is opened in, so worker threads may advance a bar the stage opened; a bar
+opened inside a worker thread sees sinks only when the thread runs in a copy of the stage's context
+(``contextvars.copy_context().run``; Prefect's thread pool does this for tasks). Sinks: the Prefect artifact
+(:mod:`st_workflow.tasks.progress`), the terminal (:mod:`st_workflow.progress_terminal`) and, across a process
+boundary such as torchrun's ranks, marked stdout lines (:mod:`st_workflow.progress_pipe`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,7 +62,11 @@ class ProgressState:
 
 
 class ProgressSink(Protocol):
-    """Receives rate-limited snapshots; must never raise into the stage."""
+    """Receives rate-limited snapshots; must never raise into the stage.
+
+    ``open`` comes first (a reused stage arrives already at 100), then ``update`` calls, then one ``close`` after
+    the final ``update`` (``status`` done or failed); a reused stage gets ``open`` and ``close`` only.
+    """
 
     def open(self, state: ProgressState) -> None: ...
 
@@ -90,16 +101,29 @@ class StageProgress:
         unit: str = "items",
         min_interval_s: float = 2.0,
         min_percent_step: float = 5.0,
+        *,
+        status: str = "running",
+        detail: str | None = None,
     ) -> None:
-        self.state = ProgressState(key=key, title=title, total=total, unit=unit)
+        self.state = ProgressState(key=key, title=title, total=total, unit=unit, status=status, detail=detail)
+        if status in ("done", "reused"):
+            self.state.completed = total or 0.0
         self._sinks = _SINKS.get()
         self._min_interval_s = min_interval_s
         self._min_percent_step = min_percent_step
         self._last_sent = 0.0
         self._last_percent = -100.0
+        # Worker threads may advance one bar together; snapshots go out one at a time.
+        self._lock = threading.RLock()
         self._call("open")
 
     def _call(self, method: str) -> None:
+        if not self._sinks:
+            return
+        with self._lock:
+            self._send(method)
+
+    def _send(self, method: str) -> None:
         for sink in self._sinks:
             try:
                 getattr(sink, method)(self.state)
@@ -107,16 +131,19 @@ class StageProgress:
                 log.debug("progress sink %r failed in %s: %s", sink, method, exc)
 
     def _maybe_send(self, force: bool = False) -> None:
-        now = time.monotonic()
-        pct = self.state.percent
-        if (
-            force
-            or now - self._last_sent >= self._min_interval_s
-            or pct - self._last_percent >= self._min_percent_step
-        ):
-            self._last_sent = now
-            self._last_percent = pct
-            self._call("update")
+        if not self._sinks:
+            return
+        with self._lock:
+            now = time.monotonic()
+            pct = self.state.percent
+            if (
+                force
+                or now - self._last_sent >= self._min_interval_s
+                or pct - self._last_percent >= self._min_percent_step
+            ):
+                self._last_sent = now
+                self._last_percent = pct
+                self._send("update")
 
     def set_total(self, total: float | None) -> None:
         """Set or correct the total once it is known (e.g. after the first API page)."""
@@ -125,34 +152,47 @@ class StageProgress:
 
     def update(self, completed: float, detail: str | None = None) -> None:
         """Set the absolute amount done."""
-        self.state.completed = completed
-        if detail is not None:
-            self.state.detail = detail
-        self._maybe_send()
+        with self._lock:
+            self.state.completed = completed
+            if detail is not None:
+                self.state.detail = detail
+            self._maybe_send()
 
     def advance(self, n: float = 1, detail: str | None = None) -> None:
         """Add ``n`` to the amount done."""
-        self.update(self.state.completed + n, detail)
+        with self._lock:
+            self.update(self.state.completed + n, detail)
+
+    @property
+    def closed(self) -> bool:
+        """Finished, reused or failed: later calls change nothing."""
+        return self.state.status != "running"
 
     def done(self, detail: str | None = None) -> None:
         """Finish at 100 %."""
-        if self.state.total is None or self.state.total < self.state.completed:
-            self.state.total = self.state.completed
-        else:
-            self.state.completed = self.state.total
-        self.state.status = "done"
-        if detail is not None:
-            self.state.detail = detail
-        self._call("update")
-        self._call("close")
+        with self._lock:
+            if self.closed:
+                return
+            if self.state.total is None or self.state.total < self.state.completed:
+                self.state.total = self.state.completed
+            else:
+                self.state.completed = self.state.total
+            self.state.status = "done"
+            if detail is not None:
+                self.state.detail = detail
+            self._call("update")
+            self._call("close")
 
     def failed(self, detail: str | None = None) -> None:
         """Stop where it is (below 100) and say why."""
-        self.state.status = "failed"
-        if detail is not None:
-            self.state.detail = detail
-        self._call("update")
-        self._call("close")
+        with self._lock:
+            if self.closed:
+                return
+            self.state.status = "failed"
+            if detail is not None:
+                self.state.detail = detail
+            self._call("update")
+            self._call("close")
 
 
 @contextlib.contextmanager
@@ -162,18 +202,14 @@ def stage(key: str, title: str, total: float | None, unit: str = "items") -> Ite
     try:
         yield bar
     except BaseException as exc:
-        bar.failed(f"stopped: {type(exc).__name__}")
+        why = f"stopped: {type(exc).__name__}"
+        bar.failed(f"{why} ({bar.state.detail})" if bar.state.detail else why)
         raise
     else:
-        if bar.state.status == "running":
-            bar.done()
+        bar.done()
 
 
 def reused(key: str, title: str, detail: str = "reused") -> None:
-    """Say at once that a stage's cached output is reused (100, "reused")."""
-    bar = StageProgress(key, title, total=1, unit="stage")
-    bar.state.completed = 1
-    bar.state.status = "reused"
-    bar.state.detail = detail
-    bar._call("update")
+    """Say at once that a stage's cached output is reused (100, "reused"): one ``open`` and one ``close``."""
+    bar = StageProgress(key, title, total=1, unit="stage", status="reused", detail=detail)
     bar._call("close")

@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    from st_workflow.cli.common import terminal_progress
+
     try:
-        rc = args.func(args)
+        with terminal_progress():
+            rc = args.func(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

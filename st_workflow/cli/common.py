@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 from st_workflow.config import PipelineConfig, load_config
 from st_workflow.runtime import apply_config_env
@@ -28,3 +30,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     cfg = load_config(args.config, args.overrides)
     apply_config_env(cfg)
     return cfg
+
+
+@contextlib.contextmanager
+def terminal_progress() -> Iterator[None]:
+    """Show the progress of every long stage the command runs: tqdm bars on a TTY, log lines otherwise."""
+    from st_workflow import progress
+    from st_workflow.progress_terminal import terminal_sink
+
+    sink = terminal_sink()
+    with progress.sinks(*([sink] if sink is not None else [])):
+        yield

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
 from st_workflow.config.base import Fraction, PositiveInt, StrictModel
 
+# In each field Literal the first six labels are the default fields, in order (see ``_leading_fields``).
 CmrField = Literal[
     "Description",
     "Purpose",
@@ -36,6 +37,12 @@ PdsField = Literal[
 ]
 
 
+def _leading_fields(fields: object, n: int) -> list[str]:
+    """The first ``n`` labels of a field ``Literal``: the literal lists the default fields first, so the default
+    is not written out a second time."""
+    return list(get_args(fields)[:n])
+
+
 class NaturalPairsConfig(StrictModel):
     """Pairs that exist in the data itself (title -> abstract / structured description)."""
 
@@ -45,29 +52,11 @@ class NaturalPairsConfig(StrictModel):
     """Ingest sources to build pairs from; empty means all."""
     max_positive_chars: PositiveInt = 4000
     """Truncate very long positives at a word boundary (the tokenizer truncates anyway; this keeps files small)."""
-    cmr_fields: list[CmrField] = Field(
-        default_factory=lambda: [
-            "Description",
-            "Purpose",
-            "Science keywords",
-            "Platform",
-            "Instrument",
-            "Project",
-        ]
-    )
+    cmr_fields: list[CmrField] = Field(default_factory=lambda: _leading_fields(CmrField, 6))
     """"Label: value" lines of a CMR positive, in order (the original used Description, Purpose, Scientific
     Keywords, Phenomena, Data format, Instrument). Also available: ``Short name``, ``Location``, ``Keywords``,
     ``Data type``, ``DOI``."""
-    pds_fields: list[PdsField] = Field(
-        default_factory=lambda: [
-            "Description",
-            "Type",
-            "Target",
-            "Investigation",
-            "Instrument host",
-            "Instrument",
-        ]
-    )
+    pds_fields: list[PdsField] = Field(default_factory=lambda: _leading_fields(PdsField, 6))
     """"Label: value" lines of a PDS positive, in order (the original used Description, Target, Repository,
     Investigation, Instrument). Also available: ``Telescope``, ``Facility``, ``Keywords``, ``Node``,
     ``Also known as``."""

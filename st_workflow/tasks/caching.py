@@ -5,7 +5,7 @@ Prefect's ``INPUTS`` policy hashes (pickles of) task inputs; a DataFrame or a mo
 processes (Prefect #16185). Our tasks take a :class:`PipelineConfig` and :class:`Manifest` objects, so the key here is
 built from their *content*: the config sections the task reads (with the content of the local benchmarks the
 ``evaluation`` section names), each manifest's ``content_hash``, the content of the benchmarks passed as task
-inputs (:func:`st_workflow.hashing.benchmark_hash`, never their paths), the run directory and the code version of
+inputs (:func:`st_workflow.benchmark_hashes.benchmark_hash`, never their paths), the run directory and the code version of
 the stage and everything it imports.
 
 One rule for every stage: an incomplete result (:attr:`Manifest.is_complete` false: a benchmark skipped because the
@@ -24,8 +24,9 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
+from st_workflow.benchmark_hashes import benchmark_hash
 from st_workflow.config import PipelineConfig
-from st_workflow.hashing import benchmark_hash, code_version, stable_hash
+from st_workflow.hashing import code_version, stable_hash
 from st_workflow.manifest import Manifest
 
 
@@ -79,7 +80,7 @@ def benchmark_fingerprint(value: Any) -> Any:
 
     Accepts what the tasks pass: leakage-target dicts (``{"name", "directory", "mode", ...}``), ``{name: path}``
     maps, lists of those, bare paths and manifests. Each directory is replaced by
-    :func:`~st_workflow.hashing.benchmark_hash` (None when it does not exist), so a benchmark rebuilt in place
+    :func:`~st_workflow.benchmark_hashes.benchmark_hash` (None when it does not exist), so a benchmark rebuilt in place
     with other content changes the key while a moved but identical one does not.
     """
     if isinstance(value, Manifest):
@@ -130,6 +131,9 @@ class ManifestCachePolicy(CachePolicy):
     """Names of task parameters that point at benchmark directories; keyed on their content, not their paths."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else the key must cover."""
+    progress: tuple[str, str] | None = None
+    """``(stage key, title)`` of the stage's progress bar: a key that resolves to a stored result reports the stage
+    as reused at once (the task function, which would report progress, does not run). Not part of the key."""
 
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
@@ -144,7 +148,13 @@ class ManifestCachePolicy(CachePolicy):
                 "extra": self.extra,
             }
         )
-        return _validated(task_ctx, key)
+        key = _validated(task_ctx, key)
+        if self.progress is not None and _will_reuse(task_ctx, key):
+            from st_workflow.tasks.progress import report_reused
+
+            shard = inputs.get("shard")
+            report_reused(*self.progress, shard=shard if isinstance(shard, str) else None)
+        return key
 
 
 #: Bound on the chain of incomplete records followed by :func:`_validated` (one link per incomplete run).
@@ -180,6 +190,23 @@ def _validated(task_ctx: Any, key: str, depth: int = 0) -> str:
         return key
     stale = stable_hash({"stale": key, "disk": _disk_state(result)})
     return _validated(task_ctx, stale, depth + 1) if depth < 3 else stale
+
+
+def _will_reuse(task_ctx: Any, key: str) -> bool:
+    """Whether Prefect will return the stored result of ``key`` instead of running the task."""
+    store = getattr(task_ctx, "result_store", None)
+    task = getattr(task_ctx, "task", None)
+    if store is None or task is None:
+        return False
+    refresh = task.refresh_cache
+    if refresh is None:
+        from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
+
+        refresh = PREFECT_TASKS_REFRESH_CACHE.value()
+    try:
+        return not refresh and store.exists(key)
+    except Exception:
+        return False
 
 
 def transient_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from st_workflow.log import banner, get_logger
 from st_workflow.manifest import Manifest
 from st_workflow.tasks.artifacts import publish_table
 from st_workflow.tasks.caching import ManifestCachePolicy, transient_error
+from st_workflow.tasks.progress import reports_progress
 
 # Ingest always runs: file sources re-use their output inside the stage function (cheap hash check) and live API
 # sources ask only for what changed since the last successful ingest. Downstream tasks are then cached on content.
@@ -26,6 +28,7 @@ from st_workflow.tasks.caching import ManifestCachePolicy, transient_error
     retry_delay_seconds=[10, 60],
     retry_condition_fn=transient_error,
 )
+@reports_progress
 def ingest_task(cfg: PipelineConfig, source_name: str) -> Manifest:
     """Ingest one document source into ``<run>/ingest/<source>/``."""
     from st_workflow.ingest import ingest_source
@@ -47,6 +50,7 @@ def ingest_task(cfg: PipelineConfig, source_name: str) -> Manifest:
     ),
     persist_result=True,
 )
+@reports_progress
 def holdout_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest | None:
     """Hold out a seeded share of documents as the in-domain BEIR benchmark."""
     from st_workflow.ingest import build_holdout
@@ -67,6 +71,7 @@ def holdout_task(cfg: PipelineConfig, doc_manifests: list[Manifest]) -> Manifest
     ),
     persist_result=True,
 )
+@reports_progress
 def natural_pairs_task(
     cfg: PipelineConfig, doc_manifests: list[Manifest], holdout: Manifest | None
 ) -> Manifest:
@@ -82,6 +87,8 @@ def natural_pairs_task(
 
 
 _LLM_CACHE = ManifestCachePolicy(sections=("generation",), code=("stage2_generation",))
+_FILTER_CACHE = replace(_LLM_CACHE, progress=("relevancy-filter", "Relevancy filter"))
+_PAIRS_CACHE = replace(_LLM_CACHE, progress=("generation", "Generating pairs"))
 # The tasks that call the endpoint retry its transient faults (rate limits, 5xx, timeouts) twice, minutes apart;
 # finished documents are in the LLM cache, so a retry pays only for the rest.
 _LLM_CALLS = {
@@ -93,7 +100,8 @@ _LLM_CALLS = {
 }
 
 
-@task(name="relevancy-filter", **_LLM_CALLS)
+@task(name="relevancy-filter", **{**_LLM_CALLS, "cache_policy": _FILTER_CACHE})
+@reports_progress
 def relevancy_filter_task(
     cfg: PipelineConfig, doc_manifests: list[Manifest], shard: str | None = None
 ) -> Manifest | None:
@@ -102,16 +110,14 @@ def relevancy_filter_task(
 
     get_logger().info(banner(f"relevancy filter {shard or ''}"))
     m = run_relevancy_filter(cfg, doc_manifests, out_dir=_shard_dir(cfg, STAGE_FILTER, shard))
-    if m is not None:
-        publish_table(
-            _shard_key("relevancy-filter", shard),
-            [{"stage": "relevancy filter", **m.counts, **_cost(m)}],
-            "Documents judged and kept, tokens and cost",
-        )
+    _publish_llm_stage(
+        m, "relevancy-filter", shard, "relevancy filter", "Documents judged and kept, tokens and cost"
+    )
     return m
 
 
-@task(name="generate-pairs", **_LLM_CALLS)
+@task(name="generate-pairs", **{**_LLM_CALLS, "cache_policy": _PAIRS_CACHE})
+@reports_progress
 def generate_pairs_task(
     cfg: PipelineConfig,
     doc_manifests: list[Manifest],
@@ -123,12 +129,9 @@ def generate_pairs_task(
 
     get_logger().info(banner(f"generate pairs {shard or ''}"))
     m = run_generation(cfg, doc_manifests, filter_manifest, out_dir=_shard_dir(cfg, STAGE_PAIRS, shard))
-    if m is not None:
-        publish_table(
-            _shard_key("generate-pairs", shard),
-            [{"stage": "generation", **m.counts, **_cost(m)}],
-            "Documents, generated pairs, tokens and cost",
-        )
+    _publish_llm_stage(
+        m, "generate-pairs", shard, "generation", "Documents, generated pairs, tokens and cost"
+    )
     return m
 
 
@@ -139,6 +142,7 @@ def generate_pairs_task(
     ),
     persist_result=True,
 )
+@reports_progress
 def pair_gates_task(
     cfg: PipelineConfig,
     generated: Manifest,
@@ -166,6 +170,7 @@ def pair_gates_task(
     cache_policy=ManifestCachePolicy(sections=("pairs",), code=("pairset",), benchmarks=("benchmark_dirs",)),
     persist_result=True,
 )
+@reports_progress
 def assemble_pairs_task(
     cfg: PipelineConfig, pair_manifests: list[Manifest | None], benchmark_dirs: list[dict[str, Any]]
 ) -> Manifest:
@@ -190,6 +195,12 @@ def _shard_dir(cfg: PipelineConfig, stage: str, shard: str | None) -> Path | Non
 def _shard_key(key: str, shard: str | None) -> str:
     """Artifact key of a fanned-out stage: one per source shard, so shards do not overwrite each other's table."""
     return f"{key}-{shard}" if shard else key
+
+
+def _publish_llm_stage(m: Manifest | None, key: str, shard: str | None, stage: str, title: str) -> None:
+    """An LLM stage's counts, tokens and cost as one table (one per source shard); nothing when it did not run."""
+    if m is not None:
+        publish_table(_shard_key(key, shard), [{"stage": stage, **m.counts, **_cost(m)}], title)
 
 
 def _cost(m: Manifest) -> dict[str, float]:

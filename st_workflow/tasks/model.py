@@ -20,15 +20,20 @@ from st_workflow.tasks.artifacts import (
     publish_table,
 )
 from st_workflow.tasks.caching import ManifestCachePolicy, transient_error
+from st_workflow.tasks.progress import reports_progress
 
 
 @task(
     name="pretokenize",
     cache_policy=ManifestCachePolicy(
-        sections=("training", "pairs"), code=("training",), benchmarks=("guard_targets",)
+        sections=("training", "pairs"),
+        code=("training",),
+        benchmarks=("guard_targets",),
+        progress=("pretokenize", "Pre-tokenizing"),
     ),
     persist_result=True,
 )
+@reports_progress
 def pretokenize_task(
     cfg: PipelineConfig,
     pairs: Manifest | None,
@@ -45,9 +50,12 @@ def pretokenize_task(
 
 @task(
     name="mine-negatives",
-    cache_policy=ManifestCachePolicy(sections=("mining", "training"), code=("training",)),
+    cache_policy=ManifestCachePolicy(
+        sections=("mining", "training"), code=("training",), progress=("mining", "Mining hard negatives")
+    ),
     persist_result=True,
 )
+@reports_progress
 def mine_task(cfg: PipelineConfig, pairs: Manifest | None) -> Manifest:
     """A hard negative for every training pair (the pipeline pairs and the sources ``mining.sources`` names),
     mined by the base (or configured) model."""
@@ -66,6 +74,7 @@ def mine_task(cfg: PipelineConfig, pairs: Manifest | None) -> Manifest:
     cache_policy=ManifestCachePolicy(sections=("training",), code=("training",)),
     persist_result=True,
 )
+@reports_progress
 def interpolate_task(cfg: PipelineConfig, trained: Manifest) -> Manifest | None:
     """Weight-space ensembles of the base and the fine-tuned model (promotion candidates)."""
     from st_workflow.training.interpolate import interpolate_stage
@@ -77,13 +86,17 @@ def interpolate_task(cfg: PipelineConfig, trained: Manifest) -> Manifest | None:
 @task(
     name="train",
     cache_policy=ManifestCachePolicy(
-        sections=("training", "wandb"), code=("training",), benchmarks=("benchmark",)
+        sections=("training", "wandb"),
+        code=("training",),
+        benchmarks=("benchmark",),
+        progress=("training", "Training"),
     ),
     persist_result=True,
     retries=1,
     retry_delay_seconds=30,
     retry_condition_fn=transient_error,
 )
+@reports_progress
 def train_task(
     cfg: PipelineConfig, pairs: Manifest, pretok: Manifest | None, benchmark: Manifest | None = None
 ) -> Manifest:
@@ -112,10 +125,14 @@ def train_task(
 @task(
     name="evaluate",
     cache_policy=ManifestCachePolicy(
-        sections=("evaluation",), code=("evaluation",), benchmarks=("benchmarks",)
+        sections=("evaluation",),
+        code=("evaluation",),
+        benchmarks=("benchmarks",),
+        progress=("evaluation", "Evaluating"),
     ),
     persist_result=True,
 )
+@reports_progress
 def evaluate_task(
     cfg: PipelineConfig,
     models: dict[str, str],
@@ -149,6 +166,7 @@ def evaluate_task(
 
 
 @task(name="comparison-report", cache_policy=NO_CACHE)
+@reports_progress
 def comparison_report_task(
     cfg: PipelineConfig, evaluation: Manifest, models_order: list[str]
 ) -> dict[str, str]:
@@ -169,6 +187,7 @@ def comparison_report_task(
 
 
 @task(name="promote", cache_policy=NO_CACHE)
+@reports_progress
 def promote_task(cfg: PipelineConfig, evaluation: Manifest, candidates: dict[str, str]) -> dict[str, Any]:
     """Apply the promotion policy, point ``<run>/promoted`` at the winner and say why."""
     from st_workflow.evaluation import promote
@@ -199,6 +218,7 @@ def promote_task(cfg: PipelineConfig, evaluation: Manifest, candidates: dict[str
     retry_delay_seconds=[30, 120, 480],
     retry_condition_fn=transient_error,
 )
+@reports_progress
 def push_task(cfg: PipelineConfig, promoted: dict[str, Any], pairs: Manifest | None = None) -> dict[str, str]:
     """Upload the promoted model (``<run>/promoted``) to ``training.hub.repo_id``, and with
     ``training.hub.push_dataset`` the pairs dataset first (the model card links it); only the upload is retried.
@@ -240,6 +260,7 @@ def push_promoted(
 
 
 @task(name="run-report", cache_policy=NO_CACHE)
+@reports_progress
 def run_report_task(
     cfg: PipelineConfig,
     metrics: dict[str, Any],

@@ -5,7 +5,8 @@ or ``python -m torch.distributed.run ... -m st_workflow.training.worker --job-fi
 options passed through (``--nnodes``, ``--node-rank``, ``--rdzv-*``, ``--max-restarts``, verbatim extras). The
 worker's only flag, ``--job-file``, is not a prefix of any torchrun option (platform notes §9.7).
 
-:func:`run_process_group` runs it in a new session it owns, streams every output line to a sink, and on
+:func:`run_process_group` runs it in a new session it owns, streams every output line to a sink (rank 0's progress
+lines instead become a ``training`` stage of the caller, :mod:`st_workflow.progress_pipe`), and on
 cancellation (``should_cancel``), timeout, SIGTERM/SIGINT to the caller, ``KeyboardInterrupt`` or any error
 terminates the whole tree: SIGTERM to the group and to every descendant (torchrun starts its workers in sessions
 of their own), then SIGKILL after a grace period. If the caller itself is SIGKILLed, the kernel kills the launched
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from st_workflow.config.training import LaunchConfig
+from st_workflow.progress_pipe import Relay
 
 WORKER_MODULE = "st_workflow.training.worker"
 _ACTIVE: set = set()
@@ -300,6 +302,15 @@ def _trap_signals() -> Iterator[None]:
                 signal.signal(sig, h)
 
 
+def _stopped(exc: BaseException) -> str:
+    """Why a progress bar stopped, in its description."""
+    if isinstance(exc, TrainingTimeout):
+        return "timed out"
+    if isinstance(exc, TrainingCancelled):
+        return "cancelled"
+    return f"stopped: {type(exc).__name__}"
+
+
 def _reader(stream, q: queue.Queue) -> None:
     buf = b""
     for chunk in iter(lambda: stream.read1(65536), b""):
@@ -352,6 +363,8 @@ def run_process_group(
     reader = threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True, name="train-log-reader")
     reader.start()
     tail: deque[str] = deque(maxlen=tail_lines)
+    # Rank 0's progress lines become stages of this process (the Prefect artifact, the terminal bar).
+    relay = Relay()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     done_reading = False
 
@@ -362,6 +375,8 @@ def run_process_group(
             while True:
                 if item is None:
                     done_reading = True
+                elif relay.feed(item):
+                    pass
                 else:
                     tail.append(item)
                     if log_sink is not None:
@@ -383,6 +398,10 @@ def run_process_group(
                         # torchrun may exit before a killed worker is reaped: leave nothing behind.
                         if alive(descendants(proc.pid)):
                             kill_process_tree(proc, kill_grace_s)
+                        if proc.returncode == 0:
+                            relay.finish_open()
+                        else:
+                            relay.fail_open(f"exit status {proc.returncode}")
                         return proc.returncode, list(tail)
                     if should_cancel is not None and should_cancel():
                         raise TrainingCancelled("training cancelled; process group stopped")
@@ -391,12 +410,14 @@ def run_process_group(
             except _Signalled as s:
                 signalled = s.signum
                 raise TrainingCancelled(f"caller received signal {s.signum}; process group stopped") from None
-            except BaseException:
+            except BaseException as exc:
                 kill_process_tree(proc, kill_grace_s)
+                relay.fail_open(_stopped(exc))
                 raise
-    except TrainingCancelled:
+    except TrainingCancelled as exc:
         kill_process_tree(proc, kill_grace_s)
         drain(0)
+        relay.fail_open(_stopped(exc))
         if signalled is not None:
             # Hand the signal to whatever the caller had installed (Prefect, the default action...).
             os.kill(os.getpid(), signalled)

@@ -84,7 +84,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from st_workflow import atomic
+from st_workflow import atomic, progress
 from st_workflow.beir import doc_text, read_corpus
 from st_workflow.config import PipelineConfig
 from st_workflow.config.mining import MiningConfig
@@ -92,6 +92,7 @@ from st_workflow.config.training import BeirPairs, TrainSource
 from st_workflow.hashing import code_version, stable_hash
 from st_workflow.log import get_logger
 from st_workflow.manifest import Manifest, reusable
+from st_workflow.pairset import read_pairs
 from st_workflow.resources import resolve_path
 from st_workflow.schemas import PAIR_SCHEMA, normalize_for_match, schema_dict
 from st_workflow.training.sources import (
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 STAGE = "mine"
+STAGE_KEY, TITLE = "mining", "Mining hard negatives"  # progress bar
 OUTPUT = "pairs.parquet"
 #: Directory (in the stage directory) of the mined files of training sources other than the pipeline pairs.
 SOURCES_DIR = "sources"
@@ -498,14 +500,6 @@ def mined_source_files(mined: Manifest | None) -> dict[str, MinedFile]:
     return out
 
 
-def _read_pairs(m: Manifest) -> pa.Table:
-    table = pq.read_table(m.path("pairs"))
-    missing = [f.name for f in PAIR_SCHEMA if f.name not in table.column_names]
-    if missing:
-        raise ValueError(f"pairs from stage {m.stage!r} ({m.path('pairs')}) lack columns {missing}")
-    return table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
-
-
 def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
@@ -563,7 +557,7 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
         ValueError: the pipeline pairs are to be mined but ``pairs_manifest`` is ``None``; an unknown name in
             ``mining.sources``; a source that cannot be read.
     """
-    from st_workflow.evaluation.embeddings import model_hash
+    from st_workflow.fingerprints import model_hash
     from st_workflow.models import load_model, resolve_model
     from st_workflow.models.dtype import resolve_dtype
 
@@ -597,7 +591,10 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
         sources=source_keys,
     )
     if hit := reusable(out_dir, key):
+        progress.reused(STAGE_KEY, TITLE)
         return hit
+    # Pairs mined so far (the total is known source by source); a failure leaves the bar where it stopped.
+    bar = progress.StageProgress(STAGE_KEY, TITLE, total=None, unit="pairs")
 
     loaded: list[SentenceTransformer] = []
 
@@ -628,6 +625,7 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
         )
         teacher_embeddings.update(res.embeddings)
         res.embeddings = {}
+        bar.advance(len(anchors), detail=what)
         if res.rejected:
             log.warning(
                 "mine: discarded %d mined negatives of %s equal to a positive of their anchor",
@@ -664,7 +662,7 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
     }
     if mine_pipeline:
         assert pairs_manifest is not None
-        table = _read_pairs(pairs_manifest)
+        table = read_pairs(pairs_manifest)
         anchors = table.column("anchor").to_pylist()
         positives = table.column("positive").to_pylist()
         replaced = table.num_rows - table.column("negative").null_count
@@ -772,4 +770,5 @@ def mine_stage(cfg: PipelineConfig, pairs_manifest: Manifest | None) -> Manifest
         upstream=[pairs_manifest] if mine_pipeline and pairs_manifest is not None else [],
     )
     manifest.write()
+    bar.done()
     return manifest

@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from st_workflow import atomic
+from st_workflow import atomic, progress
 from st_workflow.config import PipelineConfig
 from st_workflow.config.training import TrainSource
+from st_workflow.fingerprints import tokenizer_fingerprint
 from st_workflow.hashing import code_version, sha256_file, stable_hash
 from st_workflow.leakage import BenchmarkGuard, LeakageTarget, benchmarks_hash, check_all_not_dropped
 from st_workflow.log import get_logger
@@ -68,20 +69,9 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2
 STAGE = "pretokenize"
+TITLE = "Pre-tokenizing"
 DATA_FILE = "data.arrow"
 SOURCES_FILE = "sources.json"
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-    "sentencepiece.bpe.model",
-    "spiece.model",
-    "merges.txt",
-    "vocab.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-)
 _TOKENIZE_BATCH = 1024
 
 
@@ -94,18 +84,6 @@ def text_hashes(texts: list[str]) -> np.ndarray:
         ],
         dtype=np.int64,
     )
-
-
-def tokenizer_fingerprint(model_dir: str) -> str:
-    """Content hash of the tokenizer files (and the sentence-transformers config that sets lower-casing/lengths)."""
-    root = Path(model_dir)
-    if not root.is_dir():
-        return stable_hash({"hub_id": model_dir})
-    parts = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name in _TOKENIZER_FILES:
-            parts[p.relative_to(root).as_posix()] = sha256_file(p)
-    return stable_hash(parts)
 
 
 def load_for_tokenizing(cfg: PipelineConfig) -> SentenceTransformer:
@@ -268,6 +246,7 @@ def _build_train_entry(
     keep: int,
     seed: int,
     model_loader: Any,
+    bar: progress.StageProgress | None = None,
 ) -> BuiltSource:
     from datasets import Dataset
 
@@ -286,6 +265,8 @@ def _build_train_entry(
     target = cache_root / key
     info = _read_info(target)
     if info is not None and (target / DATA_FILE).is_file():
+        if bar is not None:
+            bar.advance(int(info["rows"]))
         return BuiltSource(src, target, info)
     texts = Dataset.from_file(str(text_dir / DATA_FILE))
     columns = list(text_info["columns"])
@@ -329,6 +310,8 @@ def _build_train_entry(
                     token_total += int(lens.sum())
                 arrays.append(pa.array(np.arange(start, start + len(sel), dtype=np.int64)))
                 writer.write_batch(pa.record_batch(arrays, schema))
+                if bar is not None:
+                    bar.advance(len(sel))
         np.save(tmp / "hashes.npy", hashes)
         np.save(tmp / "lengths.npy", lengths)
         info = {
@@ -371,12 +354,13 @@ def build_sources(
     mined: dict[str, MinedFile] | None = None,
     guard: SourceGuard | None = None,
     readers: dict[str, SourceReader] | None = None,
+    bar: progress.StageProgress | None = None,
 ) -> list[BuiltSource]:
     """Build (or find) the cache entries of every enabled ``training.sources`` entry.
 
     ``mined``: source name -> its mined file (read instead of the source); ``guard``: the leakage guard of the
     non-pipeline sources (see the module docstring); ``readers``: sources already opened (with the same
-    ``mined``), by name.
+    ``mined``), by name; ``bar``: advanced by the rows written (rows found in the cache count at once).
 
     Raises:
         LeakageError: the guard dropped every row of a source (naming it, the benchmarks, counts and option).
@@ -411,6 +395,8 @@ def build_sources(
                 f"training source {s.name!r}: no usable rows (read {info['read']}, {info['dropped']})"
             )
     keeps = _allocate([int(i["kept"]) for _, i in texts], t.max_pairs)
+    if bar is not None:
+        bar.set_total(sum(min(k, int(i["kept"])) for k, (_, i) in zip(keeps, texts, strict=True)))
     model_dir = model_dir or resolve_model(t.base_model, cfg.cache_path)
     tok_fp = tokenizer_fingerprint(model_dir) if t.pretokenize else None
     model_cache: dict[str, Any] = {}
@@ -432,6 +418,7 @@ def build_sources(
             keep=k,
             seed=cfg.seed,
             model_loader=loader,
+            bar=bar,
         )
         for s, (d, info), k in zip(sources, texts, keeps, strict=True)
     ]
@@ -509,13 +496,17 @@ def pretokenize_stage(
     key = pretokenize_key(cfg, pairs_manifest, mined, guard, fingerprints)
     hit = reusable(out, key)
     if hit is not None:
+        progress.reused(STAGE, TITLE)
         return hit
     pairs_path = pairs_sha = None
     pairs_from = mined if mined is not None and "pairs" in mined.files else pairs_manifest
     if pairs_from is not None:
         pairs_path = pairs_from.path("pairs")
         pairs_sha = pairs_from.files["pairs"].sha256
-    built = build_sources(cfg, pairs_path, pairs_sha, mined=mined_files, guard=guard, readers=readers)
+    with progress.stage(STAGE, TITLE, total=None, unit="rows") as bar:
+        built = build_sources(
+            cfg, pairs_path, pairs_sha, mined=mined_files, guard=guard, readers=readers, bar=bar
+        )
     pipeline_mined = pairs_from is not None and pairs_from.stage == "mine"
     records = []
     files: dict[str, FileEntry] = {}

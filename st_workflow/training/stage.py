@@ -23,13 +23,13 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from st_workflow import atomic
+from st_workflow import atomic, progress
 from st_workflow.config import PipelineConfig
-from st_workflow.hashing import code_version, sha256_tree, stable_hash
+from st_workflow.fingerprints import model_fingerprint, model_hash
+from st_workflow.hashing import code_version, stable_hash
 from st_workflow.lineage import collect_lineage
 from st_workflow.locks import stage_lock
 from st_workflow.log import get_logger
@@ -43,21 +43,6 @@ STAGE = "train"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 KEY_DIR_LEN = 16
 """Characters of the cache key that name a configuration's checkpoint directory."""
-
-
-@cache
-def _model_fingerprint(path: str, mtime: float) -> str:
-    return sha256_tree(path)
-
-
-def model_fingerprint(model_path: str) -> str:
-    """Content hash of a local model directory; a hub id: its resolved commit (its name when that is unknown)."""
-    p = Path(model_path)
-    if not p.is_dir():
-        from st_workflow.models.resolve import hub_fingerprint
-
-        return hub_fingerprint(model_path) or stable_hash({"hub_id": model_path})
-    return _model_fingerprint(str(p), max(q.stat().st_mtime for q in p.rglob("*") if q.is_file()))
 
 
 def train_key(
@@ -221,7 +206,6 @@ def _source_specs(cfg: PipelineConfig, pretok_manifest: Manifest) -> list[Source
 def teacher_store(cfg: PipelineConfig, pretok_manifest: Manifest) -> str | None:
     """The mining stage's embeddings, when they are what the distillation teacher would compute: the same model
     weights at the training length. None otherwise (the teacher then runs online)."""
-    from st_workflow.evaluation.embeddings import model_hash
     from st_workflow.models import resolve_model
 
     t = cfg.training
@@ -272,6 +256,7 @@ def train_stage(
     hit = reusable(out, key)
     if hit is not None:
         log.info("train: reusing %s (cache key %s)", hit.path("model"), key[:12])
+        progress.reused("training", "Training")
         return hit
     # Multi-node: the nodes of one job may share this directory (network storage) and must not wait for each
     # other (they meet in the rendezvous), so each host takes its own lock; single-node takes the stage's.
@@ -286,6 +271,7 @@ def train_stage(
         hit = reusable(out, key)
         if hit is not None:
             sink(f"train: the run that held the lock trained this configuration; reusing {hit.path('model')}")
+            progress.reused("training", "Training")
             return hit
         return _train_locked(
             cfg, pairs_manifest, pretok_manifest, out, key, model_path, sink, should_cancel, eval_benchmarks

@@ -131,6 +131,69 @@ def teacher_targets(store: str | None, indexes: list[Any]) -> dict[str, Any] | N
     return out
 
 
+def format_eta(seconds: float) -> str:
+    """A short duration for a progress description.
+
+    Example:
+        >>> format_eta(42), format_eta(185), format_eta(3725)
+        ('42s', '3m05s', '1h02m')
+    """
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def stage_progress_callback(samples_per_step: int) -> Any:
+    """A callback that reports optimizer steps done/total, samples/s and the ETA as the ``training`` stage.
+
+    Rank 0 adds it; the snapshots go out as marked stdout lines (:class:`~st_workflow.progress_pipe.LineSink`) at
+    the rate :class:`~st_workflow.progress.StageProgress` allows, and the launcher in the parent turns them into
+    the Prefect progress artifact and the terminal bar.
+    """
+    from transformers import TrainerCallback
+
+    from st_workflow import progress
+    from st_workflow.progress_pipe import LineSink
+
+    class StageProgressCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar: progress.StageProgress | None = None
+            self.t0 = 0.0
+            self.step0 = 0
+
+        def _detail(self, state: Any) -> str:
+            dt = time.perf_counter() - self.t0
+            steps = state.global_step - self.step0
+            if dt <= 0 or steps <= 0:
+                return "starting"
+            rate = steps / dt
+            left = max(0, state.max_steps - state.global_step)
+            return f"{rate * samples_per_step:.1f} samples/s, ETA {format_eta(left / rate)}"
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            self.t0, self.step0 = time.perf_counter(), state.global_step
+            with progress.sinks(LineSink(keys={"training"})):
+                self.bar = progress.StageProgress("training", "Training", total=state.max_steps, unit="steps")
+            self.bar.update(state.global_step, detail="starting")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step, detail=self._detail(state))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step, detail=self._detail(state).split(", ETA")[0])
+                self.bar.done()
+                self.bar = None
+
+    return StageProgressCallback()
+
+
 def _evaluators(job: TrainJob, cfg: Any) -> list[Any]:
     """In-training retrieval evaluators (``training.evaluation``), built on ``st_workflow.evaluation``."""
     ev = cfg.training.evaluation
@@ -317,6 +380,8 @@ def run(job: TrainJob) -> dict[str, Any] | None:
     samples_per_step = t.batch_size * t.gradient_accumulation_steps * world
     progress = ProgressCallback(samples_per_step, printer=say)
     callbacks: list[Any] = [progress]
+    if rank == 0:
+        callbacks.append(stage_progress_callback(samples_per_step))
     if t.binarization.enabled and t.binarization.estimator == "tanh":
         callbacks.append(BetaAnnealCallback(model))
     trainer = PipelineTrainer(
@@ -354,6 +419,12 @@ def run(job: TrainJob) -> dict[str, Any] | None:
         logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         output = TrainOutput(trainer.state.global_step, sum(logged) / len(logged) if logged else 0.0, {})
         progress.t0, progress.step0 = t0, trainer.state.global_step  # this run trained no step
+        if rank == 0:
+            from st_workflow import progress as stage_progress
+            from st_workflow.progress_pipe import LineSink
+
+            with stage_progress.sinks(LineSink(keys={"training"})):
+                stage_progress.reused("training", "Training", "the resumed checkpoint is at the last step")
         say(
             f"checkpoint {job.resume_from} is at the last step ({trainer.state.global_step}): nothing left to train"
         )
