@@ -64,7 +64,7 @@ def main() -> int:
 
     from st_workflow.beir import doc_text, read_corpus, read_qrels, read_queries
     from st_workflow.evaluation import EmbeddingCache, EvalSettings, RetrievalEvaluator, load_local
-    from st_workflow.evaluation.embeddings import model_hash
+    from st_workflow.fingerprints import model_hash
     from st_workflow.models import load_model, resolve_model
 
     scifact = Path(args.scifact)

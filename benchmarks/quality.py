@@ -19,6 +19,10 @@ CPU) whose recipe choices were made on validation splits; the numbers reported h
     python benchmarks/quality.py                                   # all three, results in benchmarks/results
     python benchmarks/quality.py --only demo --set training.learning_rate=2e-5 --out /tmp/q.json   # a variant
 
+``precisions_promoted`` in each experiment is issue 14's table for the promoted model: every precision the config
+scores (the demo: float32, int8, binary, binary + rescore and its multiplier sweep) with its metric, retention vs
+float32, index bytes per document and search ms per query.
+
 Every experiment shares one cache directory under ``--work``, so the base model's corpus embeddings are computed
 once, and an unchanged re-run reuses every stage. Goals (issue 10): demo in-domain test >= base + 0.02, general mean
 Δ >= -0.005 and each general Δ >= -0.01; new corpus: the promoted model never below the base (aim: final >= base +
@@ -218,6 +222,23 @@ def run(config: dict[str, Any], work: Path, overrides: list[str], env: dict[str,
     return json.loads((work / "runs" / name / "summary.json").read_text()), wall
 
 
+def precision_table(summary: dict[str, Any], model: str | None, metric: str = "ndcg@10") -> dict[str, Any]:
+    """Issue 14's table for ``model`` (test splits): per benchmark and precision (float32, int8, binary,
+    binary + rescore and every swept multiplier) the metric, retention vs float32, index bytes per document and
+    search milliseconds per query, as the eval stage measured them (``evaluation.precisions`` in the config)."""
+    from st_workflow.evaluation.binary_model import precision_summary
+
+    per = summary["models"].get(model or "", {})
+    rows = precision_summary(per, metric)
+    return {
+        b: {
+            p: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if v is not None}
+            for p, r in ps.items()
+        }
+        for b, ps in rows.items()
+    }
+
+
 def digest(summary: dict[str, Any], wall: float, metric: str = "ndcg@10") -> dict[str, Any]:
     """Test and validation numbers per model and benchmark, and the final and promoted models' deltas."""
     models = {
@@ -254,6 +275,7 @@ def digest(summary: dict[str, Any], wall: float, metric: str = "ndcg@10") -> dic
         if promoted != "base"
         else {b: 0.0 for b in (deltas("fine_tuned") or {})},
         "stages": [{k: s.get(k) for k in ("stage", "status", "seconds")} for s in summary.get("stages", [])],
+        "precisions_promoted": precision_table(summary, promoted, metric),
     }
 
 

@@ -47,8 +47,10 @@ def _run(args: argparse.Namespace) -> int:
         spec_from_argument,
     )
     from st_workflow.evaluation.dumps import summarize
-    from st_workflow.evaluation.embeddings import EmbeddingCache, model_hash
+    from st_workflow.evaluation.embeddings import EmbeddingCache
     from st_workflow.evaluation.evaluator import EvalSettings, RetrievalEvaluator
+    from st_workflow.evaluation.stage import search_costs
+    from st_workflow.fingerprints import model_hash
     from st_workflow.models import load_model, resolve_model
 
     if args.dtype:
@@ -56,8 +58,14 @@ def _run(args: argparse.Namespace) -> int:
     settings = EvalSettings.from_config(ev, device=(args.device or [None])[0])
     if args.ks:
         settings.ks = sorted(set(args.ks))
-    if args.precision:
-        settings = EvalSettings(**{**settings.__dict__, "precisions": args.precision})
+    if args.precision or args.rescore or args.rescore_multiplier:
+        update: dict[str, Any] = {"precisions": args.precision or settings.precisions}
+        if args.rescore:
+            update["rescore"] = args.rescore
+        if args.rescore_multiplier:
+            update["rescore_multiplier"] = args.rescore_multiplier[0]
+            update["rescore_multipliers"] = args.rescore_multiplier[1:]
+        settings = EvalSettings(**{**settings.__dict__, **update})
     if args.batch_size:
         settings.batch_size = args.batch_size
     if args.max_seq_length:
@@ -120,6 +128,9 @@ def _run(args: argparse.Namespace) -> int:
                 "metrics": flat,
                 "tasks": results,
                 "bytes_per_doc": run.bytes_per_doc,
+                # Timings, not metrics (metrics are equal across identical runs): search ms per query and the
+                # int8 rescoring corpus' bytes per document, per precision.
+                "search_costs": search_costs(results, tasks, settings.precisions),
                 "timings": {k: round(v, 3) for k, v in run.timings.items()},
                 "seconds": round(time.perf_counter() - t0, 3),
             }
@@ -182,6 +193,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["float32", "int8", "binary", "binary_rescore"],
         default=None,
         help="corpus precision(s) to score (repeatable; float32 is always included)",
+    )
+    p.add_argument(
+        "--rescore",
+        choices=["float", "int8"],
+        default=None,
+        help="binary_rescore re-ranks against the ±1 codes (float) or a memory-mapped int8 corpus (int8)",
+    )
+    p.add_argument(
+        "--rescore-multiplier",
+        type=int,
+        nargs="+",
+        default=None,
+        help="binary_rescore candidates = multiplier x k; several (e.g. 4 1 2 8): the first is binary_rescore, "
+        "the others are scored as binary_rescore@<m>",
     )
     p.add_argument("--query-prompt", default=None, help="prompt prepended to every query")
     p.add_argument("--batch-size", type=int, default=None, help="encoding batch size")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from st_workflow.config.base import Fraction, PositiveInt, StrictModel
 
@@ -140,7 +140,17 @@ class EvaluationConfig(StrictModel):
     )
     """Corpus precisions to score."""
     rescore_multiplier: PositiveInt = 4
-    """Binary + rescore: candidates = multiplier x k by Hamming, re-ranked with the float query."""
+    """Binary + rescore: candidates = multiplier x k by Hamming, re-ranked with the float query (the
+    ``binary_rescore`` numbers promotion and the headline tables use)."""
+    rescore: Literal["float", "int8"] = "float"
+    """What binary + rescore re-ranks the candidates against: ``float`` — the ``+-1`` codes themselves (no storage
+    beyond the binary index); ``int8`` — int8 embeddings of the corpus kept on disk and memory-mapped (only the
+    candidates' rows are read), as in the sentence-transformers quantization guide: binary index in memory, int8
+    on disk, float query."""
+    rescore_multipliers: list[PositiveInt] = Field(default_factory=list)
+    """Also score binary + rescore at these multipliers (e.g. ``[1, 2, 8, 16]``; reported as
+    ``binary_rescore@<m>``), so the report shows retention against the multiplier. Needs ``binary_rescore`` in
+    ``precisions``; empty: only ``rescore_multiplier``."""
     max_seq_length: PositiveInt | None = None
     """Override the model's max_seq_length (unset: the model's own, as MTEB does)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -158,3 +168,18 @@ class EvaluationConfig(StrictModel):
     """Promotion policy."""
     primary_metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "mrr@10", "recall@10"])
     """Metrics shown in reports and summaries."""
+
+    @model_validator(mode="after")
+    def _precisions_cover_their_users(self) -> EvaluationConfig:
+        """Promotion by a precision, and a multiplier sweep, need that precision scored."""
+        scored = {"float32", *self.precisions}
+        if self.promotion.precision not in scored:
+            raise ValueError(
+                f"evaluation.promotion.precision is {self.promotion.precision!r} but evaluation.precisions "
+                f"{self.precisions} does not score it; add it to evaluation.precisions"
+            )
+        if self.rescore_multipliers and "binary_rescore" not in scored:
+            raise ValueError(
+                "evaluation.rescore_multipliers sweeps binary + rescore: add binary_rescore to evaluation.precisions"
+            )
+        return self

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from st_workflow import benchmark_hashes
 from st_workflow.beir import qrels_files, read_corpus, read_qrels, read_queries
 from st_workflow.config.evaluation import NANOBEIR_DATASETS, BenchmarkSpec
-from st_workflow.hashing import seeded_unit, stable_hash
+from st_workflow.hashing import seeded_unit
 from st_workflow.resources import resolve_path
 
 logger = logging.getLogger(__name__)
@@ -66,14 +67,12 @@ class Subset:
 
     @functools.cached_property
     def corpus_hash(self) -> str:
-        from st_workflow.evaluation.embeddings import corpus_hash
-
-        return corpus_hash(self.doc_ids, self.texts)
+        """:func:`st_workflow.benchmark_hashes.corpus_hash` of the texts that get embedded."""
+        return benchmark_hashes.corpus_hash(self.doc_ids, self.texts)
 
     def qrels_hash(self, name: str) -> str:
-        """Hash of one qrels file's judgements and of the texts of the queries it judges."""
-        q = self.qrels[name]
-        return stable_hash({"qrels": q, "queries": {qid: self.queries.get(qid) for qid in sorted(q)}})
+        """:func:`st_workflow.benchmark_hashes.qrels_hash` of one qrels file (judgements and judged query texts)."""
+        return benchmark_hashes.qrels_hash(self.qrels[name], self.queries)
 
 
 @dataclass(frozen=True)

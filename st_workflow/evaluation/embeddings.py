@@ -25,112 +25,34 @@ import numpy as np
 import torch
 
 from st_workflow import atomic
-from st_workflow.hashing import sha256_file, sha256_text, stable_hash
+
+# Re-exported (they lived here): what identifies a model and a loaded corpus is defined in one place each.
+from st_workflow.benchmark_hashes import corpus_hash as corpus_hash
+from st_workflow.fingerprints import model_hash as model_hash
+from st_workflow.fingerprints import module_hash as module_hash
+from st_workflow.fingerprints import weights_hash as weights_hash
+from st_workflow.hashing import stable_hash
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
-#: Files in a model/checkpoint directory that do not change what the model computes.
-_NOT_WEIGHTS = {
-    "optimizer.pt",
-    "scheduler.pt",
-    "scaler.pt",
-    "trainer_state.json",
-    "training_args.bin",
-    "README.md",
-    "lineage.json",
-    "eval",
-}
-_hash_memo: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 Kind = Literal["query", "document"]
 
 
-# ---------------------------------------------------------------------------------------------- fingerprints
-def _model_files(root: Path) -> list[Path]:
-    files = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root)
-        if rel.parts[0] in _NOT_WEIGHTS or rel.name.startswith(("rng_state", ".")) or ".tmp-" in rel.name:
-            continue
-        files.append(p)
-    return files
-
-
-def weights_hash(model_dir: str | Path) -> str:
-    """Content hash of a model directory: weights, configs, tokenizer and module files (not optimizer state,
-    trainer state or model cards), memoised on (path, size, mtime) for the process.
-
-    Example:
-        >>> from st_workflow.models import resolve_model
-        >>> len(weights_hash(resolve_model("sentence-transformers/all-MiniLM-L6-v2")))
-        64
-    """
-    root = Path(model_dir).resolve()
-    files = _model_files(root)
-    if not files:
-        raise FileNotFoundError(f"model directory {root} has no files to hash")
-    stat = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    memo_key = (str(root), stat)
-    if memo_key not in _hash_memo:
-        parts = [f"{rel}\0{sha256_file(root / rel)}" for rel, _, _ in stat]
-        _hash_memo[memo_key] = sha256_text("\n".join(parts))
-    return _hash_memo[memo_key]
-
-
-def model_hash(name_or_path: str, resolved: str | None = None) -> str:
-    """Weights hash of a model given by path; for a hub id, its resolved commit (``hub_fingerprint``: nothing is
-    downloaded).
-
-    A hub id whose revision cannot be had falls back to a hash of the id (logged), which cannot tell two revisions
-    apart.
-    """
-    local = Path(resolved or name_or_path)
-    if local.is_dir():
-        return weights_hash(local)
-    from st_workflow.models.resolve import hub_fingerprint
-
-    if (fp := hub_fingerprint(name_or_path)) is not None:
-        return fp
-    logger.warning("model %s has no known hub revision; its cache key uses the id only", name_or_path)
-    return stable_hash({"hub_id": name_or_path})
-
-
-def module_hash(model: torch.nn.Module) -> str:
-    """Hash of a model *in memory*: its module structure (pooling, normalisation...) and every weight tensor.
-
-    Used when there is no directory to hash, e.g. evaluating inside a training loop, where the weights change
-    between calls and a name would be wrong.
-    """
-    import hashlib
-
-    h = hashlib.sha256(repr(model).encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        t = tensor.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def corpus_hash(doc_ids: Sequence[str], texts: Sequence[str]) -> str:
-    """Hash of an ordered corpus (ids and the exact texts that get embedded)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for i, t in zip(doc_ids, texts, strict=True):
-        h.update(i.encode())
-        h.update(b"\0")
-        h.update(t.encode())
-        h.update(b"\1")
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- cache
+def _npy_tensor(path: Path, mmap: bool) -> torch.Tensor:
+    if not mmap:
+        return torch.from_numpy(np.load(path))
+    import warnings
+
+    with warnings.catch_warnings():  # a read-only memmap: torch warns that writes would fail; none are made
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.load(path, mmap_mode="r"))
+
+
 class EmbeddingCache:
     """Content-addressed corpus indexes under ``<root>/<key[:2]>/<key>/`` (``.npy`` tensors + ``meta.json``).
 
@@ -159,8 +81,11 @@ class EmbeddingCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """``(tensors, meta)`` or ``None`` on a miss (or an unreadable entry, which is then ignored)."""
+    def load(self, key: str, *, mmap: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``(tensors, meta)`` or ``None`` on a miss (or an unreadable entry, which is then ignored).
+
+        ``mmap``: the tensors are read-only views of the memory-mapped ``.npy`` files (rows are paged in when
+        read: an int8 rescoring corpus stays on disk)."""
         d = self.path(key)
         meta_path = d / "meta.json"
         if not meta_path.is_file():
@@ -168,7 +93,7 @@ class EmbeddingCache:
             return None
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            tensors = {name: torch.from_numpy(np.load(d / f"{name}.npy")) for name in meta["tensors"]}
+            tensors = {name: _npy_tensor(d / f"{name}.npy", mmap) for name in meta["tensors"]}
         except (OSError, ValueError, KeyError) as e:
             logger.warning("ignoring unreadable embedding cache entry %s: %s", d, e)
             self.misses += 1

@@ -31,7 +31,7 @@ from st_workflow.evaluation.embeddings import (
     module_hash,
     normalize,
 )
-from st_workflow.evaluation.index import PRECISIONS, CorpusIndex, storage_precision
+from st_workflow.evaluation.index import CorpusIndex, parse_precision, storage_precision
 from st_workflow.evaluation.metrics import IRResult, evaluate_rankings
 from st_workflow.hashing import stable_hash
 
@@ -58,6 +58,10 @@ class EvalSettings:
     corpus_chunk_size: int = 50_000
     query_chunk_size: int = 1024
     rescore_multiplier: int = 4
+    rescore: str = "float"
+    """What binary + rescore re-ranks against: ``float`` (the ±1 codes) or ``int8`` (memory-mapped int8 corpus)."""
+    rescore_multipliers: list[int] = field(default_factory=list)
+    """Extra multipliers scored as ``binary_rescore@<m>`` (the sweep), when ``binary_rescore`` is scored."""
     binary_backend: str = "auto"
     ignore_identical_ids: bool = False
     dtype: str = "float32"
@@ -67,11 +71,16 @@ class EvalSettings:
         self.ks = sorted({int(k) for k in self.ks})
         if not self.ks or self.ks[0] < 1:
             raise ValueError(f"ks must be positive, got {self.ks}")
-        bad = [p for p in self.precisions if p not in PRECISIONS]
-        if bad:
-            raise ValueError(f"unknown precisions {bad}; known: {list(PRECISIONS)}")
+        for p in self.precisions:
+            parse_precision(p)  # raises naming the unknown precision
+        if self.rescore not in ("float", "int8"):
+            raise ValueError(f"rescore must be 'float' or 'int8', got {self.rescore!r}")
         # float32 is always scored: it is the reference every other precision's retention is measured against.
-        self.precisions = ["float32", *[p for p in dict.fromkeys(self.precisions) if p != "float32"]]
+        wanted = ["float32", *[p for p in dict.fromkeys(self.precisions) if p != "float32"]]
+        if "binary_rescore" in wanted:
+            sweep = sorted({int(m) for m in self.rescore_multipliers} - {int(self.rescore_multiplier)})
+            wanted += [f"binary_rescore@{m}" for m in sweep if f"binary_rescore@{m}" not in wanted]
+        self.precisions = wanted
 
     @classmethod
     def from_config(cls, ev: EvaluationConfig, device: str | None = None) -> EvalSettings:
@@ -89,6 +98,8 @@ class EvalSettings:
             corpus_chunk_size=ev.corpus_chunk_size,
             query_chunk_size=ev.query_chunk_size,
             rescore_multiplier=ev.rescore_multiplier,
+            rescore=ev.rescore,
+            rescore_multipliers=list(ev.rescore_multipliers),
             binary_backend=ev.binary_backend,
             ignore_identical_ids=ev.ignore_identical_ids,
         )
@@ -97,6 +108,8 @@ class EvalSettings:
         self, *, model_hash: str, task: Task, precision: str, query_prompt: str | None
     ) -> str:
         """Identity of one (model weights, task, precision) result: equal fingerprints mean equal metrics."""
+        name, pinned = parse_precision(precision)
+        rescored = name == "binary_rescore"
         return stable_hash(
             {
                 "metrics_version": METRICS_VERSION,
@@ -108,7 +121,11 @@ class EvalSettings:
                 "score_function": self.score_function,
                 "max_seq_length": self.max_seq_length,
                 "query_prompt": query_prompt,
-                "rescore_multiplier": self.rescore_multiplier if precision == "binary_rescore" else None,
+                "rescore_multiplier": (pinned or self.rescore_multiplier) if rescored else None,
+                # Candidates are multiplier x k per cutoff k (earlier results used multiplier x max(ks)).
+                **({"rescore_pool": "per-cutoff"} if rescored else {}),
+                # Absent for the float rescoring corpus, so earlier binary_rescore results keep their fingerprints.
+                **({"rescore": self.rescore} if rescored and self.rescore != "float" else {}),
                 "ignore_identical_ids": self.ignore_identical_ids,
                 # Absent for float32, so results computed before dtypes existed keep their fingerprints.
                 **({"dtype": self.dtype} if self.dtype != "float32" else {}),
@@ -127,6 +144,11 @@ class TaskResult:
     seconds: float = 0.0
     bytes_per_doc: float | None = None
     """Index bytes per document of the precision's index (so a reused result carries its size too)."""
+    query_ms: float | None = None
+    """Search latency: milliseconds per query of the exact top-k search at this precision (all queries of the
+    subset in one batch, this corpus; encoding the query is excluded — it is the same at every precision)."""
+    rescore_bytes_per_doc: float | None = None
+    """Binary + rescore with the int8 corpus: its bytes per document, kept on disk (memory-mapped)."""
     dtype: str = "float32"
     """Encoding dtype the result was computed with."""
 
@@ -214,16 +236,7 @@ class RetrievalEvaluator:
             return built[storage]
         max_len = self._max_seq_length(model)
         cosine = self.settings.score_function == "cosine"
-        doc_prompt = (getattr(model, "prompts", None) or {}).get("document")
-        key = EmbeddingCache.key(
-            weights=model_hash,
-            corpus=subset.corpus_hash,
-            max_seq_length=max_len,
-            precision=storage,
-            normalized=cosine,
-            document_prompt=doc_prompt,
-            **({"dtype": self.settings.dtype} if self.settings.dtype != "float32" else {}),
-        )
+        key = self._cache_key(model, subset, storage, model_hash)
         if self.cache is not None:
             hit = self.cache.load(key)
             if hit is not None:
@@ -260,10 +273,55 @@ class RetrievalEvaluator:
             )
         return index
 
+    def _cache_key(self, model: SentenceTransformer, subset: Subset, storage: str, model_hash: str) -> str:
+        doc_prompt = (getattr(model, "prompts", None) or {}).get("document")
+        return EmbeddingCache.key(
+            weights=model_hash,
+            corpus=subset.corpus_hash,
+            max_seq_length=self._max_seq_length(model),
+            precision=storage,
+            normalized=self.settings.score_function == "cosine",
+            document_prompt=doc_prompt,
+            **({"dtype": self.settings.dtype} if self.settings.dtype != "float32" else {}),
+        )
+
+    def rescore_corpus(
+        self,
+        model: SentenceTransformer,
+        encoder: Encoder,
+        subset: Subset,
+        *,
+        model_hash: str,
+        timings: dict[str, float],
+        built: dict[str, CorpusIndex],
+    ) -> CorpusIndex | None:
+        """The corpus binary + rescore re-ranks against: ``None`` for ``rescore: float`` (the ±1 codes), else the
+        int8 index, memory-mapped from the embedding cache when there is one (the guide's "int8 on disk")."""
+        if self.settings.rescore == "float":
+            return None
+        if "int8-rescore" in built:
+            return built["int8-rescore"]
+        index = self.corpus_index(
+            model, encoder, subset, "int8", model_hash=model_hash, timings=timings, built=built
+        )
+        if self.cache is not None and distributed_world()[0] == 0:
+            hit = self.cache.load(self._cache_key(model, subset, "int8", model_hash), mmap=True)
+            if hit is not None:
+                index = CorpusIndex.from_state("int8", int(hit[1]["dim"]), hit[0])
+        built["int8-rescore"] = index
+        return index
+
     def _rankings(
-        self, index: CorpusIndex, queries: torch.Tensor, qids: list[str], subset: Subset, precision: str
+        self,
+        index: CorpusIndex,
+        queries: torch.Tensor,
+        qids: list[str],
+        subset: Subset,
+        precision: str,
+        rescore_index: CorpusIndex | None = None,
+        k: int | None = None,
     ) -> dict[str, list[str]]:
-        kmax = max(self.settings.ks)
+        kmax = k or max(self.settings.ks)
         k_search = min(kmax + (1 if self.settings.ignore_identical_ids else 0), len(index))
         if k_search == 0:
             return {q: [] for q in qids}
@@ -278,6 +336,7 @@ class RetrievalEvaluator:
             kernel_cache_dir=self.kernel_cache_dir,
             corpus_chunk_size=self.settings.corpus_chunk_size,
             query_chunk_size=self.settings.query_chunk_size,
+            rescore_index=rescore_index,
         )
         out: dict[str, list[str]] = {}
         ids = subset.doc_ids
@@ -347,19 +406,38 @@ class RetrievalEvaluator:
                         built=built,
                     )
                     run.bytes_per_doc[precision] = index.bytes_per_doc
-                    t0 = time.perf_counter()
-                    rankings = self._rankings(index, q_emb, qids, subset, precision)
-                    search_s = time.perf_counter() - t0
-                    run.timings["search_s"] = run.timings.get("search_s", 0.0) + search_s
+                    # Binary + rescore re-ranks multiplier x k candidates for each cutoff k, as a deployment
+                    # asking for k results does (one search at max(ks) would give ndcg@10 a 10x larger pool).
+                    rescored = parse_precision(precision)[0] == "binary_rescore"
+                    rescore_index = (
+                        self.rescore_corpus(
+                            model, encoder, subset, model_hash=model_hash, timings=run.timings, built=built
+                        )
+                        if rescored
+                        else None
+                    )
+                    cutoffs: list[int | None] = list(s.ks) if rescored else [None]
+                    index.prepare(s.binary_backend, self.kernel_cache_dir)  # no kernel build in the timing
+                    rankings_at: dict[int | None, dict[str, list[str]]] = {}
+                    for k in cutoffs:  # the last search is top-max(ks), as for the other precisions: timed
+                        t0 = time.perf_counter()
+                        rankings_at[k] = self._rankings(
+                            index, q_emb, qids, subset, precision, rescore_index, k
+                        )
+                        search_s = time.perf_counter() - t0
+                        run.timings["search_s"] = run.timings.get("search_s", 0.0) + search_s
                     for task in p_tasks:
                         t1 = time.perf_counter()
-                        ir = evaluate_rankings(
-                            {q: rankings[q] for q in task.query_ids},
-                            {q: task.qrels[q] for q in task.query_ids},
-                            s.ks,
-                        )
+                        metrics: dict[str, float] = {}
+                        for k, rankings in rankings_at.items():
+                            ir = evaluate_rankings(
+                                {q: rankings[q] for q in task.query_ids},
+                                {q: task.qrels[q] for q in task.query_ids},
+                                s.ks if k is None else [k],
+                            )
+                            metrics |= ir.metrics
                         result = TaskResult(
-                            metrics=ir.metrics,
+                            metrics=metrics,
                             n_queries=ir.n_queries,
                             n_queries_without_relevant=ir.n_queries_without_relevant,
                             fingerprint=s.result_fingerprint(
@@ -367,6 +445,10 @@ class RetrievalEvaluator:
                             ),
                             seconds=round(search_s / len(p_tasks) + time.perf_counter() - t1, 4),
                             bytes_per_doc=index.bytes_per_doc,
+                            query_ms=round(1000 * search_s / max(1, len(qids)), 4),
+                            rescore_bytes_per_doc=rescore_index.bytes_per_doc
+                            if rescore_index is not None
+                            else None,
                             dtype=s.dtype,
                         )
                         run.results.setdefault(task.id, {})[precision] = result

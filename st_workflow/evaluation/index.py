@@ -8,8 +8,12 @@
   ``bits - Hamming distance``. Hamming uses the compiled popcount kernel on CPU when a C compiler exists
   (:mod:`.hamming_native`), else 64-bit words with a SWAR popcount in torch (also the GPU path); never a
   ``Q x N x bits`` broadcast.
-* ``binary_rescore``: ``rescore_multiplier x k`` candidates by Hamming, re-ranked by ``float query . (+-1 bits)``
-  (sentence-transformers' rescoring), so the index stays 1 bit per dimension.
+* ``binary_rescore``: ``rescore_multiplier x k`` candidates by Hamming, re-ranked with the float query against
+  the ``+-1`` codes themselves (the index stays 1 bit per dimension) or, with ``rescore_index``, against an int8
+  corpus — typically memory-mapped from disk, so only the candidates' rows are read (the sentence-transformers
+  quantization guide: binary index in memory, int8 on disk). ``binary_rescore@<m>`` pins the multiplier.
+
+Hamming distances come from :mod:`.hamming` (the one implementation).
 
 Example:
     >>> import torch
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from st_workflow.evaluation import hamming_native
+from st_workflow.evaluation.hamming import hamming_distances, popcount64, to_words, word_distances
 from st_workflow.evaluation.search import NEG_INF, SearchResult, chunk_topk, dot_scores, rerank, topk_scores
 
 logger = logging.getLogger(__name__)
@@ -40,18 +45,28 @@ Precision = Literal["float32", "int8", "binary", "binary_rescore"]
 StoragePrecision = Literal["float32", "int8", "binary"]
 PRECISIONS: tuple[str, ...] = ("float32", "int8", "binary", "binary_rescore")
 
-_M1 = 0x5555555555555555
-_M2 = 0x3333333333333333
-_M4 = 0x0F0F0F0F0F0F0F0F
-_H01 = 0x0101010101010101
 _BIT_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)
+
+
+def parse_precision(precision: str) -> tuple[str, int | None]:
+    """``"binary_rescore@8"`` -> ``("binary_rescore", 8)``: a rescoring precision may pin its multiplier.
+
+    Example:
+        >>> parse_precision("binary_rescore@8"), parse_precision("int8")
+        (('binary_rescore', 8), ('int8', None))
+    """
+    name, sep, mult = precision.partition("@")
+    if name not in PRECISIONS or (sep and (name != "binary_rescore" or not mult.isdigit() or int(mult) < 1)):
+        raise ValueError(
+            f"unknown precision {precision!r}; known: {list(PRECISIONS)} (and binary_rescore@<multiplier>)"
+        )
+    return name, int(mult) if sep else None
 
 
 def storage_precision(precision: str) -> StoragePrecision:
     """The index a search precision reads (``binary_rescore`` reads the binary index)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; known: {list(PRECISIONS)}")
-    return "binary" if precision == "binary_rescore" else precision  # type: ignore[return-value]
+    name, _ = parse_precision(precision)
+    return "binary" if name == "binary_rescore" else name  # type: ignore[return-value]
 
 
 def pack_bits(embeddings: torch.Tensor) -> torch.Tensor:
@@ -70,30 +85,6 @@ def unpack_signs(packed: torch.Tensor, dim: int) -> torch.Tensor:
     bits = (packed.unsqueeze(-1) >> shifts) & 1
     bits = bits.reshape(*packed.shape[:-1], -1)[..., :dim]
     return bits.float() * 2 - 1
-
-
-def to_words(packed: torch.Tensor) -> torch.Tensor:
-    """``(N, B)`` uint8 -> ``(N, ceil(B/8))`` int64 words (zero-padded), for the torch popcount."""
-    pad = (-packed.shape[1]) % 8
-    if pad:
-        packed = torch.cat([packed, packed.new_zeros((packed.shape[0], pad))], dim=1)
-    return packed.contiguous().view(torch.int64)
-
-
-def popcount64(x: torch.Tensor) -> torch.Tensor:
-    """Bit count of every int64 element (SWAR; correct for negative values under arithmetic shifts)."""
-    x = x - ((x >> 1) & _M1)
-    x = (x & _M2) + ((x >> 2) & _M2)
-    x = (x + (x >> 4)) & _M4
-    return (x * _H01) >> 56
-
-
-def hamming_distances(q_words: torch.Tensor, c_words: torch.Tensor) -> torch.Tensor:
-    """``(q, W)`` x ``(n, W)`` int64 words -> ``(q, n)`` Hamming distances (int64)."""
-    out = torch.zeros((q_words.shape[0], c_words.shape[0]), dtype=torch.int64, device=q_words.device)
-    for w in range(q_words.shape[1]):
-        out += popcount64(q_words[:, w : w + 1] ^ c_words[:, w].unsqueeze(0))
-    return out
 
 
 @dataclass
@@ -181,24 +172,30 @@ class CorpusIndex:
         kernel_cache_dir: str | Path | None = None,
         corpus_chunk_size: int = 50_000,
         query_chunk_size: int = 1024,
+        rescore_index: CorpusIndex | None = None,
     ) -> SearchResult:
         """Exact top-``k`` for L2-normalised float ``queries`` ``(Q, d)``, ties broken by lower position.
 
         Args:
-            mode: the search precision; defaults to the index's own (``binary_rescore`` needs a binary index).
+            mode: the search precision; defaults to the index's own (``binary_rescore`` needs a binary index;
+                ``binary_rescore@8`` pins the multiplier to 8).
+            rescore_multiplier: binary + rescore: ``multiplier x k`` Hamming candidates are re-ranked.
             backend: Hamming kernel for binary modes: ``native`` (compiled popcount, CPU), ``torch``, or ``auto``
                 (native on CPU when it builds, else torch).
+            rescore_index: binary + rescore: the corpus the candidates are re-scored against (e.g. an int8 index,
+                memory-mapped from disk); ``None``: the ``+-1`` codes themselves (no extra storage).
         """
         mode = mode or self.precision
+        name, pinned = parse_precision(mode)
         if storage_precision(mode) != self.precision:
             raise ValueError(f"a {self.precision} index cannot serve a {mode} search")
         queries = queries.float().to(self.data.device)
         if queries.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {queries.shape[1]}, the index {self.dim}")
         chunks = {"corpus_chunk_size": corpus_chunk_size, "query_chunk_size": query_chunk_size}
-        if mode == "float32":
+        if name == "float32":
             return topk_scores(dot_scores, queries, self.data, k, **chunks)
-        if mode == "int8":
+        if name == "int8":
             assert self.ranges is not None
             starts, steps = self._int8_params(self.ranges.to(queries.device))
 
@@ -207,19 +204,51 @@ class CorpusIndex:
                 return (qb * steps) @ (cb.float() + 128.5).T + (qb @ starts).unsqueeze(1)
 
             return topk_scores(int8_scores, queries, self.data, k, **chunks)
-        if mode == "binary":
+        if name == "binary":
             return self._hamming(queries, k, backend, kernel_cache_dir, chunks)
-        m = min(max(k * rescore_multiplier, k), len(self))
+        if rescore_index is not None and (len(rescore_index) != len(self) or rescore_index.dim != self.dim):
+            raise ValueError(
+                f"the rescoring corpus has {len(rescore_index)} x {rescore_index.dim} vectors, "
+                f"the index {len(self)} x {self.dim}"
+            )
+        mult = pinned or rescore_multiplier
+        m = min(max(k * mult, k), len(self))
         cand = self._hamming(queries, m, backend, kernel_cache_dir, chunks).indices
+        source = rescore_index or self
         results_i, results_v = [], []
         step = max(1, 2**24 // max(1, m * self.dim))
         for s in range(0, queries.shape[0], step):
             c = cand[s : s + step]
-            vectors = unpack_signs(self.data[c.clamp(min=0)], self.dim)
+            vectors = source.vectors(c.cpu() if source.data.device.type == "cpu" else c).to(queries.device)
             r = rerank(queries[s : s + step], c, vectors, k)
             results_i.append(r.indices)
             results_v.append(r.scores)
         return SearchResult(indices=torch.cat(results_i), scores=torch.cat(results_v))
+
+    def vectors(self, positions: torch.Tensor) -> torch.Tensor:
+        """Float vectors of corpus ``positions`` (any shape; ``-1`` padding reads row 0): the stored float32,
+        the int8 bucket centres, or the ``+-1`` view of binary codes. Only those rows are read, so a
+        memory-mapped index (:meth:`memmap`) pages in just the candidates."""
+        pos = positions.clamp(min=0)
+        if self.precision == "float32":
+            return self.data[pos].float()
+        if self.precision == "int8":
+            assert self.ranges is not None
+            starts, steps = self._int8_params(self.ranges)
+            codes = self.data[pos.reshape(-1)].float().reshape(*pos.shape, self.dim)
+            return starts.to(codes.device) + (codes + 128.5) * steps.to(codes.device)
+        return unpack_signs(self.data[pos], self.dim)
+
+    def prepare(self, backend: str = "auto", kernel_cache_dir: str | Path | None = None) -> None:
+        """Build what a binary search needs once (the compiled kernel, the bit planes), so a timed search
+        measures searching only."""
+        if self.precision != "binary" or backend == "torch" or self.data.device.type != "cpu":
+            return
+        if (
+            hamming_native.load(kernel_cache_dir or Path(".cache/st-workflow")) is not None
+            and self._planes is None
+        ):
+            self._planes = hamming_native.to_planes(self.data.numpy())
 
     def _hamming(
         self,
@@ -250,11 +279,22 @@ class CorpusIndex:
         c_chunk = max(1024, min(chunks["corpus_chunk_size"], 2**24 // q_chunk))
 
         def ham_scores(qb: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
-            return (bits - hamming_distances(qb, cb)).float()
+            return (bits - word_distances(qb, cb)).float()
 
         return topk_scores(
             ham_scores, q_words, c_words, k, corpus_chunk_size=c_chunk, query_chunk_size=q_chunk
         )
 
 
-__all__ = ["PRECISIONS", "CorpusIndex", "chunk_topk", "pack_bits", "storage_precision", "unpack_signs"]
+__all__ = [
+    "PRECISIONS",
+    "CorpusIndex",
+    "chunk_topk",
+    "hamming_distances",
+    "pack_bits",
+    "parse_precision",
+    "popcount64",
+    "storage_precision",
+    "to_words",
+    "unpack_signs",
+]

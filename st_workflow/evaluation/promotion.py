@@ -33,6 +33,7 @@ from typing import Any
 
 from st_workflow import atomic
 from st_workflow.config import PipelineConfig
+from st_workflow.evaluation.binary_model import BINARY_DIR, precision_summary, write_binary_model
 from st_workflow.manifest import Manifest
 
 VALIDATION_PREFIX = "validation/"
@@ -242,6 +243,8 @@ def promote(
         "base": base,
         "reasons": reasons,
         "table": table,
+        # What the promoted model keeps at every scored precision (headline splits): the binary model's card.
+        "precisions": precision_summary(metrics.get(winner, {}), pc.metric),
     }
     atomic.write_json(cfg.stage_dir("eval") / "promotion.json", decision)
     return decision
@@ -249,6 +252,9 @@ def promote(
 
 def publish_promoted(cfg: PipelineConfig, decision: dict[str, Any]) -> Path:
     """Point ``<run>/promoted`` at the promoted model and write ``<run>/promoted.json`` (name, path, reasons).
+
+    When the eval scored binary precisions, ``<run>/promoted-binary`` is written too: the same model with a card
+    stating its measured binary / binary + rescore retention (:mod:`st_workflow.evaluation.binary_model`).
 
     A local model directory is linked (an atomic symlink swap, so a reader never sees a missing link); a hub id
     that is not on disk is loaded and saved there instead, so ``<run>/promoted`` is always a loadable model.
@@ -276,15 +282,31 @@ def publish_promoted(cfg: PipelineConfig, decision: dict[str, Any]) -> Path:
             link.unlink()
         with atomic.atomic_dir(link) as tmp_dir:
             model.save(str(tmp_dir))
+    binary = _publish_binary(cfg, decision, link)
     atomic.write_json(
         run_dir / f"{PROMOTED}.json",
         {
             "promoted": decision["promoted"],
             "path": str(decision["path"]),
             "link": str(link),
+            "binary": str(binary) if binary is not None else None,
             "policy": decision.get("policy"),
             "metric": decision.get("metric"),
             "reasons": decision.get("reasons", []),
         },
     )
     return link
+
+
+def _publish_binary(cfg: PipelineConfig, decision: dict[str, Any], link: Path) -> Path | None:
+    """``<run>/promoted-binary`` when binary was measured for the promoted model (else a stale one is removed)."""
+    out = cfg.run_dir / BINARY_DIR
+    summary = decision.get("precisions") or {}
+    if not any("binary" in rows for rows in summary.values()):
+        if out.is_dir():
+            import shutil
+
+            shutil.rmtree(out)
+        return None
+    metric = str(decision.get("metric", cfg.evaluation.promotion.metric)).rsplit("/", 1)[-1]
+    return write_binary_model(link.resolve(), out, summary, metric, f"{cfg.run_name}: {decision['promoted']}")

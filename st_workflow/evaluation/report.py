@@ -229,10 +229,16 @@ def comparison_tables(
         lines.append("")
     precisions = _precisions(metrics)
     if len(precisions) > 1:
+        chosen = promoted if promoted in metrics else next((m for m in models if m == "fine_tuned"), None)
+        if chosen is not None:
+            lines += precision_table(metrics[chosen], benches, key, precisions, chosen, ev.rescore)
+            lines += multiplier_table(
+                metrics[chosen], benches, key, ev.rescore_multiplier, chosen, ev.rescore
+            )
         lines += [f"## Quantized retrieval ({key})", ""]
         lines += [
-            "| model | benchmark | precision | " + key + " | retention | bytes/doc |",
-            "|---|---|---|---|---|---|",
+            "| model | benchmark | precision | " + key + " | retention | bytes/doc | search ms/query |",
+            "|---|---|---|---|---|---|---|",
         ]
         for m in models:
             for bench in benches:
@@ -243,13 +249,114 @@ def comparison_tables(
                         continue
                     ret = "100.0%" if p == "float32" else f"{vals.get(f'{p}/retention/{key}', 0) * 100:.1f}%"
                     size = vals.get(pre + "bytes_per_doc")
+                    ms = vals.get(pre + "query_ms")
                     lines.append(
                         f"| {m} | {bench} | {p} | {vals[pre + key]:.4f} | {ret} | "
                         + (f"{size:.1f}" if size is not None else "–")
+                        + " | "
+                        + (f"{ms:.3f}" if ms is not None else "–")
                         + " |"
                     )
         lines.append("")
     return "\n".join(lines)
+
+
+_PRECISION_LABEL = {
+    "float32": "float32",
+    "int8": "int8 (scalar)",
+    "binary": "binary (Hamming)",
+    "binary_rescore": "binary + rescore",
+}
+
+
+def precision_table(
+    per_bench: dict[str, dict[str, float]],
+    benches: list[str],
+    key: str,
+    precisions: list[str],
+    model: str,
+    rescore: str = "float",
+) -> list[str]:
+    """Markdown lines: the table a user chooses a precision by — metric, retention vs float32, index bytes per
+    document (in memory; the int8 rescoring corpus on disk apart) and search latency per query, per benchmark."""
+    lines = [
+        f"## Choosing a precision — {model} ({key})",
+        "",
+        "Retention is the share of the float32 value kept. Bytes are per document of the in-memory index"
+        + (
+            "; binary + rescore also reads int8 vectors of its candidates from disk"
+            if rescore == "int8"
+            else ""
+        )
+        + ". Search ms/query: exact top-k over this benchmark's corpus on this machine, query encoding excluded.",
+        "",
+        "| benchmark | precision | " + key + " | retention | bytes/doc | search ms/query |",
+        "|---|---|---|---|---|---|",
+    ]
+    for bench in benches:
+        vals = per_bench.get(bench, {})
+        for p in precisions:
+            pre = "" if p == "float32" else f"{p}/"
+            if pre + key not in vals:
+                continue
+            ret = "100.0%" if p == "float32" else f"{vals.get(f'{p}/retention/{key}', 0) * 100:.1f}%"
+            size = vals.get(pre + "bytes_per_doc")
+            disk = vals.get(pre + "rescore_bytes_per_doc")
+            size_s = "–" if size is None else f"{size:.1f}" + (f" (+{disk:.0f} on disk)" if disk else "")
+            ms = vals.get(pre + "query_ms")
+            lines.append(
+                f"| {bench} | {_PRECISION_LABEL.get(p, p)} | {vals[pre + key]:.4f} | {ret} | {size_s} | "
+                + ("–" if ms is None else f"{ms:.3f}")
+                + " |"
+            )
+    return [*lines, ""]
+
+
+def multiplier_table(
+    per_bench: dict[str, dict[str, float]],
+    benches: list[str],
+    key: str,
+    rescore_multiplier: int,
+    model: str,
+    rescore: str = "float",
+) -> list[str]:
+    """Markdown lines: binary + rescore retention against the rescore multiplier (``binary_rescore@<m>`` keys and
+    the configured ``binary_rescore``), with plain binary as multiplier 1's floor; empty without a sweep."""
+    mults: dict[int, str] = {}
+    for vals in per_bench.values():
+        for k in vals:
+            name, _, rest = k.partition("/")
+            if name.startswith("binary_rescore@") and rest == key:
+                mults[int(name.split("@", 1)[1])] = name
+    if not mults:
+        return []
+    if any("binary_rescore/" + key in per_bench.get(b, {}) for b in benches):
+        mults[rescore_multiplier] = "binary_rescore"
+    order = sorted(mults)
+    lines = [
+        f"## Binary + rescore: {key} retention against the multiplier — {model}",
+        "",
+        f"Candidates = multiplier x k by Hamming, re-ranked against the {'int8 corpus' if rescore == 'int8' else '±1 codes'}"
+        f" with the float query; the configured multiplier is {rescore_multiplier}.",
+        "",
+        "| benchmark | binary | " + " | ".join(f"x{m}" for m in order) + " |",
+        "|---|---|" + "---|" * len(order),
+    ]
+    for bench in benches:
+        vals = per_bench.get(bench, {})
+        if key not in vals:
+            continue
+        binary = vals.get(f"binary/retention/{key}")
+        cells = [
+            f"{vals[f'{mults[m]}/retention/{key}'] * 100:.1f}%"
+            if f"{mults[m]}/retention/{key}" in vals
+            else "–"
+            for m in order
+        ]
+        lines.append(
+            f"| {bench} | {'–' if binary is None else f'{binary * 100:.1f}%'} | " + " | ".join(cells) + " |"
+        )
+    return [*lines, ""]
 
 
 def _publish_wandb(paths: dict[str, Path], rows: list[dict[str, Any]]) -> bool:

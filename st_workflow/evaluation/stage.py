@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from st_workflow import atomic
+from st_workflow import atomic, progress
 from st_workflow.config import PipelineConfig
 from st_workflow.config.evaluation import BenchmarkSpec
 from st_workflow.evaluation.benchmarks import (
@@ -60,6 +60,28 @@ def benchmark_specs(
         out[i] = (out[i][0], d)
     for name, d in dirs.items():
         out.append((BenchmarkSpec(name=name, kind="pipeline"), d))
+    return out
+
+
+def search_costs(
+    results: dict[str, dict[str, dict[str, Any]]], tasks: list[str], precisions: list[str]
+) -> dict[str, float]:
+    """``<p>/query_ms`` (search milliseconds per query, mean over the headline tasks) and, for binary + rescore
+    with the int8 corpus, ``<p>/rescore_bytes_per_doc`` (on disk): the cost side of the precision table.
+
+    Example:
+        >>> search_costs({"test": {"float32": {"query_ms": 2.0}, "binary": {"query_ms": 0.1}}}, ["test"],
+        ...              ["float32", "binary"])
+        {'query_ms': 2.0, 'binary/query_ms': 0.1}
+    """
+    out: dict[str, float] = {}
+    for p in precisions:
+        prefix = "" if p == "float32" else f"{p}/"
+        for field in ("query_ms", "rescore_bytes_per_doc"):
+            vals = [results[t][p].get(field) for t in tasks if p in results.get(t, {})]
+            vals = [float(v) for v in vals if v is not None]
+            if vals:
+                out[prefix + field] = sum(vals) / len(vals)
     return out
 
 
@@ -127,6 +149,7 @@ def evaluate_stage(
     key = _stage_key(cfg, hashes, specs, settings.dtype)
     if not force and (hit := reusable(out_dir, key)) is not None:
         logger.info("eval: reusing %s (same models, benchmarks and settings)", out_dir)
+        progress.reused("evaluation", "Evaluating")
         return hit
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +178,11 @@ def evaluate_stage(
     dumps = {name: EvalDump.load(out_dir / f"{name}.json") for name in benches}
     for name, b in benches.items():
         dumps[name].set_benchmark(b.describe())
+    # Documents scored (encoded, or found in the embedding cache), model by model; a failure leaves it there.
+    docs = {name: sum(len(sub.texts) for sub in b.subsets) for name, b in benches.items()}
+    bar = progress.StageProgress(
+        "evaluation", "Evaluating", total=len(models) * sum(docs.values()), unit="docs"
+    )
     for model_name, model_id in models.items():
         model = None
         for bench_name, bench in benches.items():
@@ -206,9 +234,11 @@ def evaluate_stage(
                 dump.set_bytes(model_name, run.bytes_per_doc)
                 counts["computed"] += len(todo)
             dump.save()
+            bar.advance(docs[bench_name], detail=f"{model_name} on {bench_name}")
         del model
         gc.collect()
 
+    bar.done()
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     for model_name in models:
         if model_name in skipped_models:
@@ -222,6 +252,8 @@ def evaluate_stage(
                 precisions=settings.precisions,
                 detail_metrics=primary,
                 bytes_per_doc=dump.bytes_per_doc(model_name),
+            ) | search_costs(
+                dump.results(model_name), [t.id for t in bench.headline_tasks()], settings.precisions
             )
     files: dict[str, tuple[str, int | None] | str] = {name: f"{name}.json" for name in benches}
     if skipped or skipped_models:

@@ -37,6 +37,9 @@ from sentence_transformers.base.modules.module import Module
 from torch import Tensor
 from transformers import TrainerCallback
 
+# One Hamming implementation (64-bit words, never a Q x N x bytes broadcast), re-exported for callers here.
+from st_workflow.evaluation.hamming import hamming_distances as hamming_distances
+
 try:
     from typing import Self
 except ImportError:  # pragma: no cover
@@ -215,12 +218,6 @@ def load_binary_model(path: str | Path, device: str | None = None) -> Any:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(path), device=device, trust_remote_code=True)
-
-
-def hamming_distances(query_codes: np.ndarray, corpus_codes: np.ndarray) -> np.ndarray:
-    """``(Q, N)`` Hamming distances between packed ``uint8`` codes (``quantize_embeddings(..., "ubinary")``)."""
-    table = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.int32)
-    return table[np.bitwise_xor(query_codes[:, None, :], corpus_codes[None, :, :])].sum(axis=-1)
 
 
 class BetaAnnealCallback(TrainerCallback):
