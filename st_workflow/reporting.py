@@ -202,6 +202,26 @@ def _stage_rows(stages: list[StageRecord]) -> str:
     return "\n".join(rows)
 
 
+def _precision_sections(
+    cfg: PipelineConfig, metrics: dict[str, dict[str, dict[str, float]]], model: str
+) -> list[str]:
+    """The shipped model's precision choice (metric, retention, bytes/doc, ms/query; retention against the rescore
+    multiplier) when ``evaluation.precisions`` scores more than float32; nothing otherwise."""
+    from st_workflow.evaluation.report import multiplier_table, precision_table
+
+    ev = cfg.evaluation
+    per_bench = metrics.get(model, {})
+    precisions = list(ev.precisions)
+    if precisions == ["float32"] or not per_bench:
+        return []
+    key = ev.primary_metrics[0]
+    benches = sorted(per_bench, key=lambda b: (b != "in-domain", b))
+    return [
+        *precision_table(per_bench, benches, key, precisions, model, rescore=ev.rescore),
+        *multiplier_table(per_bench, benches, key, ev.rescore_multiplier, model, rescore=ev.rescore),
+    ]
+
+
 def write_run_report(
     cfg: PipelineConfig,
     *,
@@ -275,6 +295,7 @@ def write_run_report(
             "",
         ]
         lines += [f"- {r}" for r in promotion.get("reasons", [])] + [""]
+    lines += _precision_sections(cfg, metrics, promoted_name or "base")
     if metrics:
         lines += ["## All metrics (test splits)", "", metrics_table(metrics, primary, order), ""]
     lines += ["## Stages", "", _stage_rows(stages), ""]

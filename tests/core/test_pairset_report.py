@@ -161,3 +161,52 @@ def test_run_report_shows_the_tradeoff_and_its_chart_inline_in_the_artifact(tmp_
     assert "![metrics](report_metrics.png)" in md
     inline = inline_images(md, paths["report"].parent)
     assert "![metrics](data:image/png;base64,iVBORw0KGgo" in inline and "report_metrics.png)" not in inline
+
+
+def test_run_report_shows_the_shipped_models_precision_choice(tmp_path: Path) -> None:
+    """With ``evaluation.precisions`` beyond float32 the run report carries the promoted model's precision table
+    (metric, retention, bytes/doc, ms/query) and its retention against the rescore multiplier."""
+    cfg = load_config(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "run_name=demo",
+            "evaluation.precisions=[float32,int8,binary,binary_rescore]",
+            "evaluation.rescore=int8",
+            "evaluation.rescore_multipliers=[2]",
+        ],
+    )
+    bench = {
+        "ndcg@10": 0.8,
+        "bytes_per_doc": 1536.0,
+        "query_ms": 0.05,
+        "int8/ndcg@10": 0.8,
+        "int8/retention/ndcg@10": 1.0,
+        "int8/bytes_per_doc": 384.0,
+        "binary/ndcg@10": 0.72,
+        "binary/retention/ndcg@10": 0.9,
+        "binary/bytes_per_doc": 48.0,
+        "binary/query_ms": 0.01,
+        "binary_rescore/ndcg@10": 0.79,
+        "binary_rescore/retention/ndcg@10": 0.9875,
+        "binary_rescore/bytes_per_doc": 48.0,
+        "binary_rescore/rescore_bytes_per_doc": 384.0,
+        "binary_rescore@2/ndcg@10": 0.76,
+        "binary_rescore@2/retention/ndcg@10": 0.95,
+    }
+    metrics = {"base": {"cisi": dict(bench)}, "fine_tuned": {"cisi": dict(bench)}}
+    md = write_run_report(
+        cfg,
+        metrics=metrics,
+        stages=[],
+        wall_seconds=1.0,
+        promotion={"promoted": "fine_tuned", "path": "/x", "reasons": []},
+    )["report"].read_text()
+    assert "## Choosing a precision — fine_tuned (ndcg@10)" in md
+    assert "| cisi | binary + rescore | 0.7900 | 98.8% | 48.0 (+384 on disk) |" in md
+    assert "| cisi | binary (Hamming) | 0.7200 | 90.0% | 48.0 | 0.010 |" in md
+    assert "retention against the multiplier — fine_tuned" in md and "x2" in md and "x4" in md
+    # float32 only: no precision section
+    plain = load_config(None, [f"runs_dir={tmp_path / 'p'}", "run_name=demo"])
+    md = write_run_report(plain, metrics=metrics, stages=[], wall_seconds=1.0)["report"].read_text()
+    assert "Choosing a precision" not in md
