@@ -244,19 +244,9 @@ def comparison_tables(
             for bench in benches:
                 vals = metrics.get(m, {}).get(bench, {})
                 for p in precisions:
-                    pre = "" if p == "float32" else f"{p}/"
-                    if pre + key not in vals:
-                        continue
-                    ret = "100.0%" if p == "float32" else f"{vals.get(f'{p}/retention/{key}', 0) * 100:.1f}%"
-                    size = vals.get(pre + "bytes_per_doc")
-                    ms = vals.get(pre + "query_ms")
-                    lines.append(
-                        f"| {m} | {bench} | {p} | {vals[pre + key]:.4f} | {ret} | "
-                        + (f"{size:.1f}" if size is not None else "–")
-                        + " | "
-                        + (f"{ms:.3f}" if ms is not None else "–")
-                        + " |"
-                    )
+                    cells = _precision_cells(vals, p, key, with_disk=False)
+                    if cells is not None:
+                        lines.append(f"| {m} | {bench} | {p} | {cells} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -296,20 +286,24 @@ def precision_table(
     for bench in benches:
         vals = per_bench.get(bench, {})
         for p in precisions:
-            pre = "" if p == "float32" else f"{p}/"
-            if pre + key not in vals:
-                continue
-            ret = "100.0%" if p == "float32" else f"{vals.get(f'{p}/retention/{key}', 0) * 100:.1f}%"
-            size = vals.get(pre + "bytes_per_doc")
-            disk = vals.get(pre + "rescore_bytes_per_doc")
-            size_s = "–" if size is None else f"{size:.1f}" + (f" (+{disk:.0f} on disk)" if disk else "")
-            ms = vals.get(pre + "query_ms")
-            lines.append(
-                f"| {bench} | {_PRECISION_LABEL.get(p, p)} | {vals[pre + key]:.4f} | {ret} | {size_s} | "
-                + ("–" if ms is None else f"{ms:.3f}")
-                + " |"
-            )
+            cells = _precision_cells(vals, p, key, with_disk=True)
+            if cells is not None:
+                lines.append(f"| {bench} | {_PRECISION_LABEL.get(p, p)} | {cells} |")
     return [*lines, ""]
+
+
+def _precision_cells(vals: dict[str, float], p: str, key: str, with_disk: bool) -> str | None:
+    """``metric | retention | bytes/doc | ms/query`` of precision ``p`` (None when it was not scored);
+    ``with_disk`` adds the int8 rescoring corpus read from disk to the bytes."""
+    pre = "" if p == "float32" else f"{p}/"
+    if pre + key not in vals:
+        return None
+    ret = "100.0%" if p == "float32" else f"{vals.get(f'{p}/retention/{key}', 0) * 100:.1f}%"
+    size = vals.get(pre + "bytes_per_doc")
+    disk = vals.get(pre + "rescore_bytes_per_doc") if with_disk else None
+    size_s = "–" if size is None else f"{size:.1f}" + (f" (+{disk:.0f} on disk)" if disk else "")
+    ms = vals.get(pre + "query_ms")
+    return f"{vals[pre + key]:.4f} | {ret} | {size_s} | " + ("–" if ms is None else f"{ms:.3f}")
 
 
 def multiplier_table(
